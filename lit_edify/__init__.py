@@ -1,0 +1,1 @@
+"""lit-edify: pixel-space Laplacian diffusion (Edify Image) as a PyTorch Lightning suite."""
