@@ -1,0 +1,233 @@
+"""Aspect-ratio buckets (Edify Image report, Sec. 3.4).
+
+The report supports five aspect ratios, 1:1, 4:3, 3:4, 16:9 and 9:16. Every training image is put in
+the bucket with the closest aspect ratio and every batch is drawn from a single bucket, so all images
+of a batch share one shape.
+
+This module provides:
+
+* :data:`ASPECT_RATIOS` -- bucket name -> ``(width, height)`` ratio.
+* :func:`bucket_shape` -- the pixel shape ``(H, W)`` of a bucket at a given resolution.
+* :func:`nearest_bucket` -- which bucket an image of a given size belongs to.
+* :class:`BucketBatchSampler` -- a distributed-aware batch sampler that yields single-bucket batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+__all__ = ["ASPECT_RATIOS", "bucket_shape", "nearest_bucket", "BucketBatchSampler"]
+
+#: Bucket name -> (width, height) ratio; the report's five buckets (Sec. 3.4).
+ASPECT_RATIOS: dict[str, tuple[int, int]] = {
+    "1:1": (1, 1),
+    "4:3": (4, 3),
+    "3:4": (3, 4),
+    "16:9": (16, 9),
+    "9:16": (9, 16),
+}
+
+# In bucket_shape a relative error in the aspect ratio costs this many times more than the same
+# relative error in the area: the aspect ratio is what defines a bucket.
+_ASPECT_WEIGHT = 2.0
+
+
+def _check_aspect(aspect: str) -> tuple[int, int]:
+    if aspect not in ASPECT_RATIOS:
+        valid = ", ".join(repr(a) for a in ASPECT_RATIOS)
+        raise ValueError(f"unknown aspect ratio {aspect!r}; valid aspect ratios are {valid}")
+    return ASPECT_RATIOS[aspect]
+
+
+def bucket_shape(aspect: str, resolution: int, multiple: int = 32) -> tuple[int, int]:
+    """Pixel shape ``(H, W)`` of the aspect bucket ``aspect`` at ``resolution``.
+
+    ``H * W`` is close to ``resolution ** 2``, ``W / H`` close to the bucket's width:height ratio and
+    both are multiples of ``multiple``. The 1:1 bucket is exactly ``(resolution, resolution)``.
+
+    The shape is computed in units of ``multiple`` from ``n = resolution // multiple`` alone, so
+    scaling both arguments by an integer ``k`` scales the shape by ``k``:
+    ``bucket_shape(a, k * r, k * m) == (k * H, k * W)`` (an upsampler at 4x the base resolution gets
+    exactly 4x the base shape when its ``multiple`` is 4x the base one). Portrait buckets are exact
+    transposes of their landscape twins (``bucket_shape("3:4", ...) == bucket_shape("4:3", ...)[::-1]``).
+
+    With few units (``n`` small) the ratio can only be approximated coarsely; e.g. at
+    ``resolution=multiple`` every bucket is ``(multiple, multiple)``.
+
+    Args:
+        aspect: a key of :data:`ASPECT_RATIOS`, e.g. ``"16:9"``.
+        resolution: side of the equivalent square image, in pixels; a positive multiple of ``multiple``.
+        multiple: both output sides are multiples of this (e.g. 32 for a U-Net that downsamples 32x).
+
+    Returns:
+        ``(H, W)``, Python ints.
+
+    Raises:
+        ValueError: unknown ``aspect``, non-positive sizes, or ``resolution`` not a multiple of
+            ``multiple``.
+    """
+    rw, rh = _check_aspect(aspect)
+    if not isinstance(resolution, int) or not isinstance(multiple, int):
+        raise ValueError(f"resolution and multiple must be ints, got {resolution!r}, {multiple!r}")
+    if multiple <= 0 or resolution <= 0:
+        raise ValueError(f"resolution and multiple must be positive, got {resolution}, {multiple}")
+    if resolution % multiple:
+        raise ValueError(
+            f"resolution {resolution} is not a multiple of {multiple}; choose a resolution divisible "
+            f"by `multiple` (e.g. {max(multiple, resolution // multiple * multiple)})"
+        )
+    n = resolution // multiple
+    if rw == rh:
+        return resolution, resolution
+    if rw < rh:  # portrait: transpose of the landscape twin, so the two always match exactly
+        w, h = bucket_shape(f"{rh}:{rw}", resolution, multiple)
+        return h, w
+
+    ratio = rw / rh
+    ideal_h, ideal_w = n / math.sqrt(ratio), n * math.sqrt(ratio)
+    best: tuple[float, int, int] | None = None
+    for h in range(max(1, math.floor(ideal_h) - 1), math.ceil(ideal_h) + 2):
+        for w in range(max(h, math.floor(ideal_w) - 1), math.ceil(ideal_w) + 2):
+            cost = abs(math.log(h * w / (n * n))) + _ASPECT_WEIGHT * abs(math.log((w / h) / ratio))
+            cand = (round(cost, 12), h, w)  # rounding makes ties break on (h, w), not on fp noise
+            if best is None or cand < best:
+                best = cand
+    assert best is not None
+    _, h, w = best
+    return h * multiple, w * multiple
+
+
+def nearest_bucket(width: int | float, height: int | float) -> str:
+    """Name of the bucket whose ratio is closest to ``width / height`` in log aspect ratio.
+
+    Args:
+        width, height: image size in pixels (positive).
+
+    Returns:
+        a key of :data:`ASPECT_RATIOS`. Ties go to the bucket listed first.
+    """
+    if not (width > 0 and height > 0):
+        raise ValueError(f"width and height must be positive, got {width}x{height}")
+    log_r = math.log(width / height)
+    return min(ASPECT_RATIOS, key=lambda a: abs(log_r - math.log(ASPECT_RATIOS[a][0] / ASPECT_RATIOS[a][1])))
+
+
+def _dist_defaults(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    if num_replicas is None or rank is None:
+        dist = torch.distributed
+        initialised = dist.is_available() and dist.is_initialized()
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if initialised else 1
+        if rank is None:
+            rank = dist.get_rank() if initialised else 0
+    if num_replicas < 1:
+        raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"rank must be in [0, {num_replicas - 1}], got {rank}")
+    return num_replicas, rank
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Yields batches of dataset indices, every batch from a single aspect bucket.
+
+    Each step draws one *global batch* of ``batch_size * num_replicas`` indices from one bucket; rank
+    ``r`` gets its slice ``[r * batch_size, (r + 1) * batch_size)``. So at every step all ranks work on
+    the same bucket (same image shape) and every rank yields the same number of batches, as DDP needs.
+
+    Per epoch, every bucket's indices are shuffled (``shuffle=True``), cut into global batches, and the
+    global batches of all buckets are put in one random order (buckets interleave randomly, as in
+    the report's "randomly sample a batch of examples from a bin"). The order depends only on
+    ``(seed, epoch)``, so all ranks agree without communicating. With ``shuffle=False`` indices keep
+    their dataset order and buckets come one after another in order of first appearance.
+
+    The last global batch of a bucket can be incomplete (``m < batch_size * num_replicas`` indices):
+
+    * ``drop_last=True``: it is dropped; every yielded batch has exactly ``batch_size`` indices and
+      no index repeats. At most ``batch_size * num_replicas - 1`` indices per bucket are skipped.
+    * ``drop_last=False`` (default): it is kept and split evenly over the ranks; each rank gets
+      ``ceil(m / num_replicas)`` indices. When ``m`` is not a multiple of ``num_replicas`` the batch is
+      padded by repeating the bucket's first indices (at most ``num_replicas - 1`` repeats per bucket).
+      Without padding (a single rank, or bucket sizes divisible by ``num_replicas``) every index is
+      used exactly once per epoch across all ranks.
+
+    Call :meth:`set_epoch` before each epoch to get a new order.
+
+    Args:
+        bucket_of: bucket name (any hashable; normally a key of :data:`ASPECT_RATIOS`) of each dataset
+            index, ``len(bucket_of) == len(dataset)``.
+        batch_size: indices per batch per rank.
+        shuffle: shuffle within buckets and interleave buckets randomly.
+        seed: base seed of the order.
+        num_replicas, rank: distributed world size and this process's rank; default to
+            ``torch.distributed``'s when it is initialised, else 1 and 0.
+        drop_last: drop the incomplete last global batch of each bucket (see above).
+    """
+
+    def __init__(
+        self,
+        bucket_of: Sequence[str],
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.num_replicas, self.rank = _dist_defaults(num_replicas, rank)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.epoch = 0
+        groups: dict[str, list[int]] = {}
+        for i, b in enumerate(bucket_of):
+            groups.setdefault(b, []).append(i)
+        self._groups = {b: torch.tensor(ix, dtype=torch.long) for b, ix in groups.items()}
+
+    @property
+    def buckets(self) -> list[str]:
+        """Bucket names present, in order of first appearance."""
+        return list(self._groups)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch; the order of the next iteration depends on ``(seed, epoch)``."""
+        self.epoch = int(epoch)
+
+    def _global_batches_of(self, n: int) -> int:
+        g = self.batch_size * self.num_replicas
+        return n // g if self.drop_last else math.ceil(n / g)
+
+    def __len__(self) -> int:
+        """Number of batches this rank yields per epoch (the same on every rank)."""
+        return sum(self._global_batches_of(len(ix)) for ix in self._groups.values())
+
+    def _global_batches(self) -> list[torch.Tensor]:
+        gen = torch.Generator()
+        # Mix seed and epoch so that (seed, epoch + 1) and (seed + 1, epoch) give unrelated orders.
+        gen.manual_seed((self.seed * 1_000_003 + self.epoch * 7_919 + 12_345) % (2**63))
+        size = self.batch_size * self.num_replicas
+        out: list[torch.Tensor] = []
+        for ix in self._groups.values():
+            if self.shuffle:
+                ix = ix[torch.randperm(len(ix), generator=gen)]
+            for k in range(self._global_batches_of(len(ix))):
+                chunk = ix[k * size : (k + 1) * size]
+                short = -len(chunk) % self.num_replicas  # pad to a multiple of num_replicas
+                if short:
+                    chunk = torch.cat([chunk, ix.repeat(math.ceil(short / len(ix)))[:short]])
+                out.append(chunk)
+        if self.shuffle:
+            out = [out[i] for i in torch.randperm(len(out), generator=gen).tolist()]
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for chunk in self._global_batches():
+            per_rank = len(chunk) // self.num_replicas
+            yield chunk[self.rank * per_rank : (self.rank + 1) * per_rank].tolist()
