@@ -1,0 +1,57 @@
+"""EDM preconditioning, truncated log-normal noise levels and the weighted loss (Eq. 1)."""
+import math
+
+import torch
+
+from lit_edify.diffusion.edm import denoising_loss, edm_scalings, loss_weight, precondition, sample_sigmas
+from lit_edify.diffusion.laplacian import LaplacianSchedule
+
+
+def test_scalings_give_unit_variance_input_and_target():
+    sd = 0.5
+    g = torch.Generator().manual_seed(0)
+    for s in [0.01, 0.5, 3.0, 80.0]:
+        sigma = torch.tensor([s])
+        c_skip, c_out, c_in, c_noise = edm_scalings(sigma, sd)
+        x0 = sd * torch.randn(200_000, generator=g)
+        x = x0 + s * torch.randn(200_000, generator=g)
+        assert abs((c_in * x).std().item() - 1) < 0.01                   # network input has unit variance
+        target = (x0 - c_skip * x) / c_out
+        assert abs(target.std().item() - 1) < 0.01                       # network target has unit variance
+        assert torch.allclose(c_noise, torch.log(sigma) / 4)
+        assert torch.allclose(loss_weight(sigma, sd), 1 / c_out**2)
+
+
+def test_precondition_composes_skip_and_network():
+    sd, sigma = 0.5, torch.tensor([2.0, 0.1])
+    x = torch.randn(2, 3, 4, 4)
+    net = lambda x_in, c_noise: torch.ones_like(x_in) * c_noise.view(-1, 1, 1, 1)  # noqa: E731
+    c_skip, c_out, _, c_noise = edm_scalings(sigma, sd)
+    expected = c_skip.view(-1, 1, 1, 1) * x + c_out.view(-1, 1, 1, 1) * c_noise.view(-1, 1, 1, 1)
+    assert torch.allclose(precondition(net, x, sigma, sd), expected)
+
+
+def test_truncated_lognormal_sigmas():
+    g = torch.Generator().manual_seed(0)
+    s = sample_sigmas(100_000, -1.2, 1.2, 0.002, 80.0, generator=g)
+    assert s.min() >= 0.002 and s.max() <= 80.0
+    assert abs(s.log().mean().item() + 1.2) < 3 * 1.2 / math.sqrt(1e5) + 2e-3
+    # truncated: mass of the normal between the limits, compared with a narrow window
+    s = sample_sigmas(100_000, 0.0, 1.0, 0.5, 2.0, generator=g)
+    assert s.min() >= 0.5 and s.max() <= 2.0
+    normal = torch.distributions.Normal(0.0, 1.0)
+    lo, hi = normal.cdf(torch.tensor(math.log(0.5))), normal.cdf(torch.tensor(math.log(2.0)))
+    frac_below_1 = (normal.cdf(torch.tensor(0.0)) - lo) / (hi - lo)
+    assert abs((s < 1).float().mean().item() - frac_below_1.item()) < 0.01
+
+
+def test_ideal_denoiser_has_unit_weighted_loss():
+    # x0 ~ N(0, sd^2 I): the posterior mean is c_skip * x and the EDM-weighted MSE is exactly 1.
+    sd = 0.5
+    g = torch.Generator().manual_seed(0)
+    x0 = sd * torch.randn(4, 1, 64, 64, generator=g)
+    sigma = torch.tensor([0.05, 0.5, 2.0, 20.0])
+    ideal = lambda x, s: edm_scalings(s, sd)[0].view(-1, 1, 1, 1) * x  # noqa: E731
+    loss = denoising_loss(ideal, x0, sigma, LaplacianSchedule(), sd)
+    assert loss.shape == (4,)
+    assert torch.allclose(loss, torch.ones(4), atol=0.06)
