@@ -131,6 +131,16 @@ def _dist_defaults(num_replicas: int | None, rank: int | None) -> tuple[int, int
     return num_replicas, rank
 
 
+class _EpochHook:
+    """``batch_sampler.sampler`` stand-in: Lightning calls ``set_epoch`` on it each epoch."""
+
+    def __init__(self, owner: "BucketBatchSampler") -> None:
+        self._owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self._owner.set_epoch(epoch)
+
+
 class BucketBatchSampler(Sampler[list[int]]):
     """Yields batches of dataset indices, every batch from a single aspect bucket.
 
@@ -154,7 +164,14 @@ class BucketBatchSampler(Sampler[list[int]]):
       Without padding (a single rank, or bucket sizes divisible by ``num_replicas``) every index is
       used exactly once per epoch across all ranks.
 
-    Call :meth:`set_epoch` before each epoch to get a new order.
+    Call :meth:`set_epoch` before each epoch to get a new order. Lightning's loops call
+    ``dataloader.batch_sampler.sampler.set_epoch(epoch)``; this class exposes such a ``sampler``
+    attribute (a small hook that forwards to :meth:`set_epoch`), so inside a Trainer the epoch advances
+    automatically.
+
+    Multi-GPU with Lightning: this sampler shards the data itself, so run the Trainer with
+    ``use_distributed_sampler=False``; otherwise Lightning tries to rebuild it around a
+    ``DistributedSampler`` and gets a ``TypeError`` that says so.
 
     Args:
         bucket_of: bucket name (any hashable; normally a key of :data:`ASPECT_RATIOS`) of each dataset
@@ -178,6 +195,12 @@ class BucketBatchSampler(Sampler[list[int]]):
         rank: int | None = None,
         drop_last: bool = False,
     ) -> None:
+        if isinstance(bucket_of, Sampler):
+            raise TypeError(
+                "BucketBatchSampler got a Sampler instead of a sequence of bucket names. This happens "
+                "when Lightning tries to inject a DistributedSampler; BucketBatchSampler shards by rank "
+                "itself, so set `Trainer(use_distributed_sampler=False)`."
+            )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.num_replicas, self.rank = _dist_defaults(num_replicas, rank)
@@ -190,6 +213,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         for i, b in enumerate(bucket_of):
             groups.setdefault(b, []).append(i)
         self._groups = {b: torch.tensor(ix, dtype=torch.long) for b, ix in groups.items()}
+        self.sampler = _EpochHook(self)
 
     @property
     def buckets(self) -> list[str]:

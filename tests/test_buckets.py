@@ -181,3 +181,16 @@ def test_disjoint_across_ranks_and_bad_args():
         BucketBatchSampler(bucket_of, 0)
     default = BucketBatchSampler(bucket_of, 4)  # torch.distributed not initialised -> 1 / 0
     assert (default.num_replicas, default.rank) == (1, 0)
+
+
+def test_lightning_sets_the_epoch_and_injection_fails_loudly():
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    bucket_of = _buckets({"1:1": 10, "4:3": 6})
+    s = BucketBatchSampler(bucket_of, 4, num_replicas=1, rank=0)
+    loader = DataLoader(list(range(len(bucket_of))), batch_sampler=s)
+    _set_sampler_epoch(loader, 5)  # what Lightning's fit/eval loops call each epoch
+    assert s.epoch == 5
+    with pytest.raises(TypeError, match="use_distributed_sampler=False"):
+        BucketBatchSampler(DistributedSampler(list(range(4)), num_replicas=1, rank=0), 4)
