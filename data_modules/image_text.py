@@ -33,6 +33,7 @@ import os
 from collections import Counter
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from data_modules.buckets import ASPECT_RATIOS, BucketBatchSampler
@@ -77,6 +78,8 @@ class ImageTextDataModule(L.LightningDataModule):
             from the first 2048 rows).
         drop_last: drop each bucket's incomplete last batch.
         shuffle_buffer: streaming shuffle buffer (0: off).
+        stream_repeat: restart a stream when it ends (infinite; set ``trainer.max_steps``). ``False``:
+            one pass per epoch (ranks may then get different numbers of batches: single-process only).
         index_path: where the folder's size index is cached (default next to the data).
         pin_memory, persistent_workers, prefetch_factor: passed to ``DataLoader``.
     """
@@ -108,6 +111,7 @@ class ImageTextDataModule(L.LightningDataModule):
         aesthetic_mean: float | None = None,
         drop_last: bool = False,
         shuffle_buffer: int = 1000,
+        stream_repeat: bool = True,
         index_path: str | None = None,
         pin_memory: bool = False,
         persistent_workers: bool = False,
@@ -260,14 +264,19 @@ class ImageTextDataModule(L.LightningDataModule):
         self.train_set = StreamingBucketDataset(
             ds, self.maker, hp.batch_size, image_column=hp.image_column, caption_column=hp.caption_column,
             long_caption_column=hp.long_caption_column, media_types=hp.media_types, aesthetic_mean=mean,
-            seed=hp.seed, shuffle_buffer=hp.shuffle_buffer, rank=rank, world_size=world, drop_last=hp.drop_last,
+            seed=hp.seed, shuffle_buffer=hp.shuffle_buffer, rank=rank, world_size=world, repeat=hp.stream_repeat,
+            drop_last=hp.drop_last,
         )
 
-    def _rank_world(self) -> tuple[int | None, int | None]:
+    def _rank_world(self) -> tuple[int, int]:
+        """``(rank, world_size)`` from the attached Trainer, else ``torch.distributed``, else ``(0, 1)``."""
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
             return trainer.global_rank, trainer.world_size
-        return None, None
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
 
     # ------------------------------------------------------------------ loaders
     def _loader_kwargs(self) -> dict:

@@ -133,6 +133,7 @@ class StreamingBucketDataset(IterableDataset):
         rng = random.Random(hash((self.seed, self.epoch, self.rank, worker)))
         buffers: dict[str, list[dict]] = {a: [] for a in self.maker.shapes}
         report: dict = {"attempted": 0, "skipped": [], "notes": []}
+        ready: list[dict] | None = None  # one batch held back so the last report always has a carrier
         epoch, seen = self.epoch, 0
         while True:
             ds.set_epoch(epoch)
@@ -144,18 +145,18 @@ class StreamingBucketDataset(IterableDataset):
                     report["attempted"] += 1
                     cell = row.get(self.image_column)
                     path = cell.get("path") if isinstance(cell, dict) else None
-                    name = path or f"stream[rank {self.rank} worker {worker} #{seen}]"
                     try:
                         sample = self._sample(row, rng)
                     except BadSample as exc:
-                        report["skipped"].append((name, str(exc)))
+                        report["skipped"].append((path or f"stream[rank {self.rank} worker {worker} #{seen}]", str(exc)))
                         continue
                     buf = buffers[sample["aspect"]]
                     buf.append(sample)
                     if len(buf) == self.batch_size:
-                        yield collate_with_report(buf, report)
-                        buffers[sample["aspect"]] = []
-                        report = {"attempted": 0, "skipped": [], "notes": []}
+                        if ready is not None:
+                            yield collate_with_report(ready, report)
+                            report = {"attempted": 0, "skipped": [], "notes": []}
+                        ready, buffers[sample["aspect"]] = buf, []
             if not self.repeat:
                 break
             if seen == 0:
@@ -164,8 +165,11 @@ class StreamingBucketDataset(IterableDataset):
                     "or ranks than the dataset has shards/examples"
                 )
             epoch += 1
-        if not self.drop_last:
-            for buf in buffers.values():
-                if buf:
-                    yield collate_with_report(buf, report)
+        for buf in buffers.values():
+            if buf and not self.drop_last:
+                if ready is not None:
+                    yield collate_with_report(ready, report)
                     report = {"attempted": 0, "skipped": [], "notes": []}
+                ready = buf
+        if ready is not None:
+            yield collate_with_report(ready, report)

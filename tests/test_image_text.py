@@ -289,3 +289,61 @@ def test_lightning_trains_through_bad_files_and_sets_the_epoch(folder, tmp_path)
     assert all(s[2:] == bucket_shape(a, RES, MULT) for s, a in model.shapes)
     assert trainer.train_dataloader.sampler.epoch == 1  # Lightning called set_epoch on the bucket sampler
     assert {"bad/truncated.png", "bad/truncated.jpg"} <= set(dm.bad_samples)
+
+
+def _png_bytes(w, h, seed):
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(_noise(h, w, seed)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A save_to_disk dataset: 15 good images in the five aspects, one corrupt, one truncated."""
+    import datasets
+
+    cells = [{"bytes": _png_bytes(w, h, i), "path": f"img{i}.png"} for i, (w, h) in enumerate(list(SIZES.values()) * 3)]
+    cut = _png_bytes(80, 60, 99)
+    cells += [{"bytes": b"garbage" * 10, "path": "corrupt.png"}, {"bytes": cut[: len(cut) // 2], "path": "cut.png"}]
+    feats = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string"), "aesthetic": datasets.Value("float32")})
+    ds = datasets.Dataset.from_dict(
+        {"image": cells, "text": [f"cap {i}" for i in range(len(cells))], "aesthetic": [float(i + 1) for i in range(len(cells))]},
+        features=feats,
+    )
+    path = str(tmp_path_factory.mktemp("hf") / "ds")
+    ds.save_to_disk(path)
+    return path
+
+
+def test_hf_dataset_map_style(hf_dir):
+    dm = _dm(None, hf_dataset=hf_dir)
+    dm.setup("fit")
+    batches = _epoch(dm)
+    assert all(len(set(b["aspect"])) == 1 for b in batches)
+    assert {c for b in batches for c in b["caption"]} == {f"cap {i}" for i in range(15)}
+    assert "not a recognised image" in dm.bad_samples[f"{hf_dir}[train][15]"]
+    assert "truncated" in dm.bad_samples[f"{hf_dir}[train][16]"]
+    # the 16 indexable rows (0-14 and the truncated 16) have scores 1-15 and 17: mean 137 / 16
+    w = {c: a for b in batches for c, a in zip(b["caption"], b["aesthetic"].tolist())}
+    assert w["cap 0"] == pytest.approx(16 / 137) and w["cap 14"] == pytest.approx(15 * 16 / 137)
+
+
+def test_hf_streaming_buckets_on_the_fly_and_shards_by_rank(hf_dir):
+    from data_modules.streaming import StreamingBucketDataset
+
+    dm = _dm(None, hf_dataset=hf_dir, streaming=True, stream_repeat=False, batch_size=3)
+    dm.setup("fit")
+    batches = _epoch(dm)
+    assert [len(b["caption"]) for b in batches] == [3] * 5  # 3 good images per bucket
+    for b in batches:
+        assert len(set(b["aspect"])) == 1
+        assert tuple(b["image"].shape[2:]) == bucket_shape(b["aspect"][0], RES, MULT)
+    assert set(dm.bad_samples) == {"corrupt.png", "cut.png"}
+    per_rank = []
+    for rank in (0, 1):
+        it = StreamingBucketDataset(dm.train_set.hf_ds, dm.maker, 2, seed=0, rank=rank, world_size=2, repeat=False)
+        per_rank.append([c for b in it for c in b["caption"]])
+    assert not set(per_rank[0]) & set(per_rank[1])
+    assert set(per_rank[0]) | set(per_rank[1]) == {f"cap {i}" for i in range(15)}
