@@ -51,9 +51,11 @@ def clip_preprocess(images: Tensor, cfg: dict) -> Tensor:
     h, w = x.shape[-2:]
     if mode == "squash":
         x = TF.resize(x, list(size), interpolation=interp, antialias=True)
+    elif mode == "shortest" and size[0] == size[1]:  # torchvision's shorter-edge rule, as open_clip uses
+        x = TF.center_crop(TF.resize(x, [size[0]], interpolation=interp, antialias=True), list(size))
     else:
         scale = (max if mode == "shortest" else min)(size[0] / h, size[1] / w)
-        new = [max(1, round(h * scale)), max(1, round(w * scale))]
+        new = [max(1, int(h * scale)), max(1, int(w * scale))]
         if new != [h, w]:
             x = TF.resize(x, new, interpolation=interp, antialias=True)
         x = TF.center_crop(x, list(size))
