@@ -1,0 +1,175 @@
+import copy
+
+import pytest
+import torch
+
+from lit_edify.nn.presets import (
+    TEXT_DIM,
+    UNET_PRESETS,
+    build_condition_embedder,
+    build_unet,
+    count_parameters,
+)
+from lit_edify.nn.unet import EdifyUNet
+
+torch.set_num_threads(1)
+
+# Exact aspect ratios with sides that are multiples of 16 (the tiny preset's resolution_multiple).
+ASPECT_SHAPES = {"1:1": (64, 64), "4:3": (48, 64), "3:4": (64, 48), "16:9": (144, 256), "9:16": (256, 144)}
+CTX = 128  # tiny preset context_dim
+
+
+def _perturbed(model: EdifyUNet, seed: int = 0) -> EdifyUNet:
+    """Move every weight off its initial value, so zero-initialised layers no longer block gradients."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return _perturbed(build_unet("tiny", dropout=0.1))
+
+
+def _inputs(b=2, h=64, w=64, length=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, 3, h, w, generator=g)
+    c_noise = torch.randn(b, generator=g)
+    ctx = torch.randn(b, length, CTX, generator=g)
+    mask = torch.ones(b, length, dtype=torch.bool)
+    mask[0, 3:] = False
+    return x, c_noise, ctx, mask
+
+
+def test_tiny_preset_is_a_few_million_parameters():
+    model = build_unet("tiny")
+    assert 1e6 < count_parameters(model) < 5e6
+    assert model.resolution_multiple == 16
+
+
+def test_fresh_model_outputs_zero():
+    model = build_unet("tiny")
+    out = model(*_inputs())
+    assert out.shape == (2, 3, 64, 64)
+    assert torch.count_nonzero(out) == 0
+
+
+@pytest.mark.parametrize("aspect", list(ASPECT_SHAPES))
+def test_forward_backward_all_aspect_ratios(tiny, aspect):
+    h, w = ASPECT_SHAPES[aspect]
+    tiny.train()
+    tiny.zero_grad(set_to_none=True)
+    x, c_noise, ctx, mask = _inputs(b=1, h=h, w=w)
+    out = tiny(x, c_noise, ctx, mask)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    out.square().mean().backward()
+    missing = [n for n, p in tiny.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+    assert tiny.pos_embed.shape[-2:] == (16, 16)  # defined for 1:1, interpolated to (h/4, w/4)
+
+
+def test_masked_context_tokens_are_ignored(tiny):
+    tiny.eval()
+    x, c_noise, ctx, mask = _inputs()
+    ref = tiny(x, c_noise, ctx, mask)
+    ctx2 = ctx.clone()
+    ctx2[0, 3:] += 10.0  # masked positions of sample 0
+    torch.testing.assert_close(tiny(x, c_noise, ctx2, mask), ref)
+    ctx2[0, :3] += 1.0  # attended positions
+    assert not torch.allclose(tiny(x, c_noise, ctx2, mask)[0], ref[0])
+    # A row with no attended token must not produce NaN.
+    assert torch.isfinite(tiny(x, c_noise, ctx, torch.zeros_like(mask))).all()
+
+
+def test_noise_level_and_dropout_change_output(tiny):
+    x, c_noise, ctx, mask = _inputs()
+    tiny.eval()
+    a = tiny(x, c_noise, ctx, mask)
+    torch.testing.assert_close(tiny(x, c_noise, ctx, mask), a)  # eval: deterministic
+    assert not torch.allclose(tiny(x, c_noise + 0.5, ctx, mask), a)
+    tiny.train()
+    assert not torch.allclose(tiny(x, c_noise, ctx, mask), a)  # dropout=0.1 active
+
+
+def test_extra_input_channels():
+    torch.manual_seed(0)
+    model = _perturbed(build_unet("tiny", extra_in_channels=3)).eval()
+    x, c_noise, ctx, mask = _inputs(b=1)
+    extra = torch.randn_like(x)
+    a = model(x, c_noise, ctx, mask, extra=extra)
+    assert a.shape == x.shape
+    assert not torch.allclose(model(x, c_noise, ctx, mask, extra=extra * 0), a)
+    with pytest.raises(ValueError, match="extra must be"):
+        model(x, c_noise, ctx, mask)
+    with pytest.raises(ValueError, match="extra_in_channels=0"):
+        build_unet("tiny")(x, c_noise, ctx, mask, extra=extra)
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = build_unet("tiny")
+    x, c_noise, ctx, mask = _inputs()
+    with pytest.raises(ValueError, match="multiples of 16"):
+        model(x[..., :56], c_noise, ctx, mask)
+    with pytest.raises(ValueError, match="context must be"):
+        model(x, c_noise, ctx[..., :64], mask)
+    with pytest.raises(ValueError, match="c_noise"):
+        model(x, c_noise[:1], ctx, mask)
+    with pytest.raises(ValueError, match="not indices into channel_mult"):
+        EdifyUNet(channel_mult=(1, 2), attention_levels=(2,))
+    with pytest.raises(ValueError, match="head_dim"):
+        EdifyUNet(model_channels=48, head_dim=64)
+    with pytest.raises(ValueError, match="unknown U-Net preset"):
+        build_unet("huge")
+
+
+def test_activation_checkpointing_gives_same_gradients(tiny):
+    ref = copy.deepcopy(tiny).eval()  # eval: no dropout, so both runs are deterministic
+    ckpt = copy.deepcopy(tiny).eval()
+    ckpt.use_checkpoint = True
+    ckpt.training = True  # checkpointing only runs in training mode; dropout modules stay in eval
+    inputs = _inputs(b=1)
+    for m in (ref, ckpt):
+        m(*inputs).square().sum().backward()
+    for (name, p), q in zip(ref.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+
+
+def test_channels_last_and_bf16_autocast(tiny):
+    tiny.eval()
+    x, c_noise, ctx, mask = _inputs(b=1, h=48, w=64)
+    ref = tiny(x, c_noise, ctx, mask)
+    cl = copy.deepcopy(tiny).to(memory_format=torch.channels_last)
+    out_cl = cl(x.to(memory_format=torch.channels_last), c_noise, ctx, mask)
+    torch.testing.assert_close(out_cl, ref, atol=1e-4, rtol=1e-4)
+
+    cl.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = cl(x.to(memory_format=torch.channels_last), c_noise, ctx, mask)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    out.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in cl.parameters())
+    cl.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = cl(x, c_noise, ctx, mask)
+    assert (out - ref).norm() / ref.norm() < 0.1  # bf16 keeps ~3 digits per op
+
+
+@pytest.mark.parametrize("preset,target", [("base2.7b", 2.7e9), ("upsampler1k1.6b", 1.6e9)])
+def test_paper_presets_on_meta_device(preset, target):
+    with torch.device("meta"):
+        unet = build_unet(preset)
+        cond = build_condition_embedder(preset)
+    assert TEXT_DIM[preset] == 4096  # T5-XXL tokens
+    total = count_parameters(unet) + count_parameters(cond)
+    assert abs(total / target - 1) < 0.05, total
+    assert all(p.is_meta for p in unet.parameters())
+    assert UNET_PRESETS[preset]["pos_embed_size"] * 4 == {"base2.7b": 256, "upsampler1k1.6b": 1024}[preset]
+
+
+def test_small100m_preset_is_about_100m():
+    with torch.device("meta"):
+        n = count_parameters(build_unet("small100m")) + count_parameters(build_condition_embedder("small100m"))
+    assert 0.9e8 < n < 1.1e8
