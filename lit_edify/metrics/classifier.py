@@ -91,14 +91,15 @@ class CaptionClassifier:
 
 
 def train_caption_classifier(
-    images: Tensor, captions: list[str], *, size: int = 32, width: int = 32, epochs: int = 15,
-    batch_size: int = 64, lr: float = 2e-3, heldout: float = 0.2, seed: int = 0, max_classes: int = 200,
+    images: Tensor, captions: list[str], *, size: int = 32, width: int = 32, steps: int = 1000,
+    batch_size: int = 32, lr: float = 2e-3, heldout: float = 0.2, seed: int = 0, max_classes: int = 200,
 ) -> CaptionClassifier:
     """Train a :class:`SmallCNN` to tell the caption of a real image.
 
     Args:
         images: (N, 3, H, W) float in [-1, 1], real images.
         captions: N class captions; each distinct string is a class (2 <= classes <= max_classes).
+        steps: optimiser steps (batches drawn by epochs over the training split; one-cycle schedule).
         heldout: fraction of images kept out of training to measure ``heldout_accuracy``.
         seed: seeds initialisation, split and batch order (training is deterministic on CPU).
     Returns:
@@ -119,27 +120,27 @@ def train_caption_classifier(
     perm = torch.randperm(len(x), generator=gen)
     n_val = int(round(len(x) * heldout)) if len(x) >= 10 else 0
     val, train = perm[:n_val], perm[n_val:]
+    batch_size = max(2, min(batch_size, len(train)))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = SmallCNN(len(classes), width)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * max(1, -(-len(train) // batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     model.train()
-    for _ in range(epochs):
-        order = train[torch.randperm(len(train), generator=gen)]
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            if len(idx) < 2:  # batch norm needs two samples
-                continue
-            xb = x[idx]
-            flip = torch.rand(len(idx), generator=gen) < 0.5  # mirror augmentation
-            xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(-1), xb)
-            loss = F.cross_entropy(model(xb), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+    order, pos = train[torch.randperm(len(train), generator=gen)], 0
+    for _ in range(steps):
+        if pos + batch_size > len(order):  # new epoch; batch norm needs two samples, so no short batches
+            order, pos = train[torch.randperm(len(train), generator=gen)], 0
+        idx = order[pos : pos + batch_size]
+        pos += batch_size
+        xb = x[idx]
+        flip = torch.rand(len(idx), generator=gen) < 0.5  # mirror augmentation
+        xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(-1), xb)
+        loss = F.cross_entropy(model(xb), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
     model.eval()
     clf = CaptionClassifier(model, classes, float("nan"), size)
     if n_val:

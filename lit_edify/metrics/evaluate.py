@@ -100,12 +100,15 @@ class GeneratorEvaluator:
         cache_dir: reference features and classifiers are cached here (``None``: no cache).
         kid_subsets, kid_subset_size: KID subsets (subset size capped at the set sizes).
         device: where Inception / CLIP / the classifier run (default CPU).
+        inception: a ready :class:`InceptionPool3` to share (default: loaded on first use).
+        classifier_kwargs: hyper-parameters of :func:`~lit_edify.metrics.classifier.train_caption_classifier`.
     """
 
     def __init__(self, reference, *, fid: bool = True, kid: bool = True, clip=None, clip_model: str = "ViT-B-32",
                  adherence=None, num_reference: int | None = None, cache_dir: str | os.PathLike | None =
                  DEFAULT_CACHE_DIR, batch_size: int = 32, kid_subsets: int = 100, kid_subset_size: int = 1000,
-                 seed: int = 0, device=None, inception: InceptionPool3 | None = None):
+                 seed: int = 0, device=None, inception: InceptionPool3 | None = None,
+                 classifier_kwargs: dict | None = None):
         if adherence not in (None, "shapes", "classifier") and not callable(adherence):
             raise ValueError(f"adherence must be None, 'shapes', 'classifier' or a callable, got {adherence!r}")
         self.reference, self.fid, self.kid = reference, fid, kid
@@ -119,6 +122,7 @@ class GeneratorEvaluator:
         self.reference_features: Tensor | None = None
         self.reference_from_cache = False
         self.classifier: CaptionClassifier | None = None
+        self.classifier_kwargs = {"seed": seed, **(classifier_kwargs or {})}
         self.prepared = False
 
     def _inception(self) -> InceptionPool3:
@@ -140,7 +144,7 @@ class GeneratorEvaluator:
             if need_feats:
                 hasher.update(images_to_uint8(batch["image"]))
             if self.adherence == "classifier":
-                small.append(to_classifier_input(batch["image"]))
+                small.append(to_classifier_input(batch["image"], self.classifier_kwargs.get("size", 32)))
         if not captions:
             raise ValueError("the reference set is empty")
         self.reference_captions = captions
@@ -154,7 +158,8 @@ class GeneratorEvaluator:
                 raise RuntimeError(f"the reference gave {len(captions)} images on the first pass and "
                                    f"{len(self.reference_features)} on the second: it must be deterministic")
         if self.adherence == "classifier":
-            self.classifier, _ = load_or_train_classifier(torch.cat(small), captions, self.cache_dir, seed=self.seed)
+            self.classifier, _ = load_or_train_classifier(torch.cat(small), captions, self.cache_dir,
+                                                          **self.classifier_kwargs)
         self.prepared = True
         return self
 
