@@ -213,9 +213,10 @@ def fit_to_shape(img: Image.Image, shape: tuple[int, int]) -> Image.Image:
     if (w, h) == (W, H):
         return img
     scale = max(W / w, H / h)
-    cw, ch = W / scale, H / scale  # crop size in source pixels
-    left, top = (w - cw) / 2.0, (h - ch) / 2.0
-    return img.resize((W, H), Image.Resampling.BICUBIC, box=(left, top, left + cw, top + ch), reducing_gap=3.0)
+    cw, ch = min(w, W / scale), min(h, H / scale)  # crop size in source pixels
+    left, top = max(0.0, (w - cw) / 2.0), max(0.0, (h - ch) / 2.0)
+    box = (left, top, min(float(w), left + cw), min(float(h), top + ch))
+    return img.resize((W, H), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

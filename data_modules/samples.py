@@ -201,9 +201,10 @@ class ImageTextDataset(Dataset):
             self._pending["attempted"] += 1
             try:
                 return self._load(j)
-            except BadSample as exc:
-                self._known_bad[j] = str(exc)
-                self._pending["skipped"].append((self.items[j]["name"], str(exc)))
+            except Exception as exc:  # BadSample, or anything unexpected: one file must not stop training
+                reason = str(exc) if isinstance(exc, BadSample) else f"unexpected error: {type(exc).__name__}: {exc}"
+                self._known_bad[j] = reason
+                self._pending["skipped"].append((self.items[j]["name"], reason))
         raise RuntimeError(
             f"{len(candidates)} samples in a row were bad in bucket {self.items[index]['aspect']!r}, e.g. "
             + "; ".join(f"{n}: {r}" for n, r in self._pending["skipped"][-3:])

@@ -147,8 +147,9 @@ class StreamingBucketDataset(IterableDataset):
                     path = cell.get("path") if isinstance(cell, dict) else None
                     try:
                         sample = self._sample(row, rng)
-                    except BadSample as exc:
-                        report["skipped"].append((path or f"stream[rank {self.rank} worker {worker} #{seen}]", str(exc)))
+                    except Exception as exc:  # BadSample or unexpected: skip the example, never stop
+                        reason = str(exc) if isinstance(exc, BadSample) else f"unexpected error: {type(exc).__name__}: {exc}"
+                        report["skipped"].append((path or f"stream[rank {self.rank} worker {worker} #{seen}]", reason))
                         continue
                     buf = buffers[sample["aspect"]]
                     buf.append(sample)

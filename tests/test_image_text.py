@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import zlib
 
@@ -277,8 +278,9 @@ class _Tiny(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def test_lightning_trains_through_bad_files_and_sets_the_epoch(folder, tmp_path):
+def test_lightning_trains_through_bad_files_and_sets_the_epoch(folder, tmp_path, caplog):
     root, _ = folder
+    caplog.set_level("INFO", logger="data_modules.image_text")
     dm = _dm(root)
     model = _Tiny()
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -289,6 +291,11 @@ def test_lightning_trains_through_bad_files_and_sets_the_epoch(folder, tmp_path)
     assert all(s[2:] == bucket_shape(a, RES, MULT) for s, a in model.shapes)
     assert trainer.train_dataloader.sampler.epoch == 1  # Lightning called set_epoch on the bucket sampler
     assert {"bad/truncated.png", "bad/truncated.jpg"} <= set(dm.bad_samples)
+    epoch_logs = [r.getMessage() for r in caplog.records if "bad samples (" in r.getMessage()]
+    assert [m.split(":")[0] for m in epoch_logs] == ["epoch 0", "epoch 1"]  # one summary per epoch
+    for m in epoch_logs:  # each truncated file is met at least once (a replacement may be the other one)
+        found = re.search(r"skipped (\d+) bad samples \(truncated file: (\d+)\)", m)
+        assert found and found[1] == found[2] and int(found[1]) >= 2, m
 
 
 def _png_bytes(w, h, seed):
