@@ -89,7 +89,7 @@ def sample_plan(
     stages: list[Stage], shape: tuple, plan: str = "cascade", solver: str = "dpmpp_2m", *,
     generator: torch.Generator | None = None, noise: NoiseFn | None = None, device=None,
     dtype=torch.float32, callback: Callable | None = None, progress: Callable | None = None,
-    s_churn: float = 0.0,
+    s_churn: float = 0.0, x_low: Tensor | None = None,
 ) -> Tensor:
     """Sample through ``stages`` with plan "switch" or "cascade" (module docstring).
 
@@ -101,7 +101,9 @@ def sample_plan(
         raise ValueError(f"plan must be 'switch' or 'cascade', got {plan!r}")
     noise = noise or _randn(generator, device, dtype)
     sample = get_solver(solver)
-    x = None
+    if x_low is not None and plan != "cascade":
+        raise ValueError("x_low (start from a clean low-resolution image) needs plan='cascade'")
+    x = x_low
     for k, stage in enumerate(stages):
         last = k == len(stages) - 1
         if plan == "switch":
@@ -111,7 +113,7 @@ def sample_plan(
             bottom = stage.sigma_min if last else stages[k + 1].switch_sigma() / stages[k + 1].factor
         else:
             top, bottom = stage.sigma_max, stage.sigma_min
-        if k == 0:
+        if x is None:
             x = noise(tuple(shape)) * top
         elif plan == "switch":
             _check_entry(stages[k - 1], stage, top)

@@ -1,0 +1,61 @@
+"""EMA of the weights on Lightning's WeightAveraging, with an EDM-style half-life counted in images.
+
+The decay per optimizer step is ``beta = 0.5 ** (images_per_step / halflife_images)`` where
+``images_per_step`` is the global batch (batch x devices x nodes x gradient accumulation), so the
+average does not depend on how the batch is split. As in EDM, an optional ramp-up limits the
+half-life to ``rampup_ratio * images_seen`` early in training. WeightAveraging swaps the EMA weights
+in for validation (and so for the metric and sample callbacks that run there), copies them into the
+model when training ends, and stores them as the checkpoint's ``state_dict`` (the raw weights go to
+``current_model_state``), so resuming restores both.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import WeightAveraging
+
+
+class EMA(WeightAveraging):
+    """Exponential moving average of all parameters and buffers.
+
+    Args:
+        halflife_images: half-life of the average, in training images (EDM: 500k for ImageNet-64).
+        rampup_ratio: if set, half-life = min(halflife_images, rampup_ratio * images_seen) (EDM: 0.05).
+        device: where the averaged copy lives (default: the model's device; "cpu" saves GPU memory).
+    """
+
+    def __init__(self, halflife_images: float = 500_000, rampup_ratio: float | None = 0.05,
+                 device: str | None = None):
+        if halflife_images <= 0:
+            raise ValueError(f"halflife_images must be > 0, got {halflife_images}")
+        super().__init__(device=device, use_buffers=True, multi_avg_fn=self._lerp)
+        self.halflife_images, self.rampup_ratio = float(halflife_images), rampup_ratio
+        self.images_seen = 0
+        self._beta = 0.0
+
+    def decay(self, images_per_step: int) -> float:
+        """beta for the next update, after ``images_per_step`` more images (updates images_seen)."""
+        self.images_seen += images_per_step
+        halflife = self.halflife_images
+        if self.rampup_ratio is not None:
+            halflife = min(halflife, self.rampup_ratio * self.images_seen)
+        return 0.5 ** (images_per_step / max(halflife, 1e-8))
+
+    def _lerp(self, averaged: list, current: list, num_averaged) -> None:
+        # num_averaged == 0 is AveragedModel's own first copy; afterwards move towards the current weights
+        torch._foreach_lerp_(averaged, current, 1.0 - self._beta)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step > self._latest_update_step:
+            local = batch["image"].shape[0] if isinstance(batch, dict) else len(batch)
+            per_step = local * trainer.world_size * trainer.accumulate_grad_batches
+            self._beta = self.decay(per_step)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "images_seen": self.images_seen}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.images_seen = state_dict.get("images_seen", 0)

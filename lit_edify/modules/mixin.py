@@ -1,0 +1,201 @@
+"""LaplacianDiffusionMixin: what every diffusion LightningModule of the suite shares.
+
+A stage (base, upsampler, ...) is a U-Net denoiser at one resolution with its own noise range
+[sigma_min, sigma_max], training distribution ln sigma ~ N(p_mean, p_std^2) and Laplacian attenuation
+schedule (Sec. 2.2, 3). The mixin owns conditioning (frozen text encoder + camera / media tokens with
+embedding dropout, Sec. 3.2), the EDM loss under the attenuated forward process with optional per-sample
+weights (Sec. 3.5), logging per sigma bucket, the optimizer (AdamW, warmup then constant LR) and
+classifier-free-guided sampling with whatever weights are loaded (the EMA callback swaps EMA weights in
+for validation; checkpoints store EMA weights as ``state_dict``).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from data_modules.buckets import bucket_shape
+from lit_edify.diffusion.edm import denoising_loss, precondition, sample_sigmas
+from lit_edify.diffusion.laplacian import LaplacianSchedule
+from lit_edify.diffusion.plans import Stage, sample_plan
+from lit_edify.diffusion.samplers import CFGDenoiser
+from lit_edify.nn.conditioning import ConditionEmbedder, TextEncoder
+from lit_edify.nn.presets import build_unet
+
+Tensor = torch.Tensor
+LABELS = ("pitch", "dof", "media_type")
+_TEXT_ENCODERS: dict[tuple[str, int], TextEncoder] = {}
+
+
+def shared_text_encoder(name_or_path: str, max_length: int) -> TextEncoder:
+    """One frozen encoder per (name, max_length) per process, shared by every module that asks for it."""
+    key = (name_or_path, max_length)
+    if key not in _TEXT_ENCODERS:
+        _TEXT_ENCODERS[key] = TextEncoder(name_or_path, max_length=max_length)
+    return _TEXT_ENCODERS[key]
+
+
+class LaplacianDiffusionMixin:
+    """Mixed into ``lightning.LightningModule`` subclasses; call :meth:`init_diffusion` from ``__init__``."""
+
+    net: nn.Module
+    embedder: ConditionEmbedder
+    schedule: LaplacianSchedule
+
+    def init_diffusion(
+        self, *, unet: str, unet_overrides: dict | None, text_encoder: str, max_text_length: int,
+        context_dim: int | None, resolution: int, band_factors: Sequence[int], band_cutoffs: Sequence[float],
+        band_starts: Sequence[float] | None, schedule_shape: str, sigma_min: float, sigma_max: float,
+        p_mean: float, p_std: float, sigma_data: float, p_drop_text: float, p_drop_camera: float,
+        p_drop_media: float, num_pitch: int, num_dof: int, num_media: int, extra_in_channels: int = 0,
+        bucket_multiple: int | None = None,
+    ) -> None:
+        overrides = dict(unet_overrides or {})
+        if context_dim is not None:
+            overrides["context_dim"] = context_dim
+        self.net = build_unet(unet, extra_in_channels=extra_in_channels, **overrides)
+        net_multiple = self.net.resolution_multiple
+        #: image sides are multiples of this (see image_shape); a 2-stage pair needs up.multiple == f * base.multiple
+        self.resolution_multiple = bucket_multiple or net_multiple
+        if resolution % net_multiple or self.resolution_multiple % net_multiple:
+            raise ValueError(f"resolution {resolution} and bucket multiple {self.resolution_multiple} must be "
+                             f"multiples of {net_multiple} for U-Net preset {unet!r}")
+        # The frozen encoder is kept out of the module tree: no EMA copy, no checkpoint weights, no DDP sync.
+        object.__setattr__(self, "_text_encoder", shared_text_encoder(text_encoder, max_text_length))
+        self.embedder = ConditionEmbedder(self._text_encoder.dim, self.net.context_dim, num_pitch, num_dof, num_media,
+                                          p_drop_text, p_drop_camera, p_drop_media)
+        self.schedule = LaplacianSchedule(tuple(band_factors), tuple(band_cutoffs),
+                                          tuple(band_starts) if band_starts else None, schedule_shape)
+        if self.schedule.cutoffs and sigma_max < self.schedule.cutoffs[0]:
+            raise ValueError(f"sigma_max={sigma_max} is below the finest band cutoff {self.schedule.cutoffs[0]}: "
+                             "the stage could never be entered from a lower resolution (DESIGN.md section 2)")
+        self.sigma_data = sigma_data
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Record the module class so ``lit_edify.pipelines.text2image.load_module`` can rebuild it."""
+        checkpoint["lit_edify_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+    # ----------------------------------------------------------------------------------- conditioning
+    def _labels(self, values, batch_size: int) -> Tensor:
+        if values is None:
+            return torch.full((batch_size,), -1, dtype=torch.long, device=self.device)
+        return torch.as_tensor(values, dtype=torch.long, device=self.device).reshape(batch_size)
+
+    def encode_conditions(self, captions: list[str], pitch=None, dof=None, media_type=None,
+                          drop: bool | None = None) -> tuple[Tensor, Tensor]:
+        """Captions + labels -> cross-attention (context (B, L+3, D), mask (B, L+3) bool).
+
+        drop=None: random embedding dropout in training mode; True: the unconditional context.
+        """
+        enc = self._text_encoder
+        if enc.device != self.device:
+            enc.to(self.device)
+        tokens, mask = enc.encode(list(captions))
+        b = len(captions)
+        return self.embedder(tokens.to(self.device), mask.to(self.device), self._labels(pitch, b),
+                             self._labels(dof, b), self._labels(media_type, b), drop, drop, drop)
+
+    def denoise(self, x: Tensor, sigma: Tensor, context: Tensor, context_mask: Tensor,
+                extra: Tensor | None = None) -> Tensor:
+        """D(x, sigma): the preconditioned U-Net (EDM). x (B, 3, H, W), sigma (B,) -> x0_hat (B, 3, H, W)."""
+        return precondition(self.net, x, sigma, self.sigma_data, context=context, context_mask=context_mask,
+                            extra=extra)
+
+    def extra_input(self, batch: dict) -> Tensor | None:
+        """Extra U-Net input channels for a training batch (control / low-res inputs); None by default."""
+        return None
+
+    # ----------------------------------------------------------------------------------- training
+    def diffusion_loss(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """Per-sample EDM loss (Eq. 1, 5) and the sigmas used. batch["image"]: (B, 3, H, W) in [-1, 1]."""
+        x0 = batch["image"]
+        b = x0.shape[0]
+        context, mask = self.encode_conditions(batch["caption"], *(batch.get(k) for k in LABELS))
+        hp = self.hparams
+        sigma = sample_sigmas(b, hp.p_mean, hp.p_std, hp.sigma_min, hp.sigma_max, device=self.device)
+        extra = self.extra_input(batch)
+        loss = denoising_loss(lambda x, s: self.denoise(x, s, context, mask, extra), x0, sigma, self.schedule,
+                              self.sigma_data)
+        return loss, sigma
+
+    @contextmanager
+    def seeded(self, seed: int):
+        """Fork the RNG (CPU and this module's CUDA device) and seed it. Training seeds it from (step, micro-batch,
+        rank), so the noise levels, noise and embedding dropout of a resumed run repeat the original exactly."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed % (2**63))
+            yield
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        attached = self._trainer is not None
+        rank, step = (self.trainer.global_rank, self.trainer.global_step) if attached else (0, 0)
+        with self.seeded(1_000_003 * step + 7_919 * batch_idx + 104_729 * rank + 1):
+            loss, sigma = self.diffusion_loss(batch)
+        self._log_sigma_buckets(loss.detach(), sigma, "train")
+        if "loss_weight" in batch:
+            loss = loss * batch["loss_weight"].to(loss)
+        loss = loss.mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(sigma))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
+        """Loss at fixed noise (seeded by batch index) so that validation curves are comparable."""
+        with self.seeded(10_000 + batch_idx):
+            loss, sigma = self.diffusion_loss(batch)
+        self._log_sigma_buckets(loss, sigma, "val")
+        self.log("val/loss", loss.mean(), prog_bar=True, batch_size=len(sigma), sync_dist=True)
+        return loss.mean()
+
+    def _log_sigma_buckets(self, loss: Tensor, sigma: Tensor, split: str) -> None:
+        """Mean loss per decade of sigma, e.g. ``train/loss_sigma_1e-1`` for sigma in [0.1, 1)."""
+        decade = sigma.log10().floor()
+        for d in decade.unique().tolist():
+            sel = decade == d
+            self.log(f"{split}/loss_sigma_1e{int(d)}", loss[sel].mean(), batch_size=int(sel.sum()),
+                     on_step=False, on_epoch=True)
+
+    def configure_optimizers(self):
+        """AdamW with linear warmup then a constant learning rate (Sec. 3.5)."""
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        warm = max(1, hp.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ----------------------------------------------------------------------------------- sampling
+    def image_shape(self, aspect: str = "1:1") -> tuple[int, int]:
+        """(H, W) of this stage's images for an aspect bucket (see data_modules.buckets)."""
+        return bucket_shape(aspect, self.hparams.resolution, self.resolution_multiple)
+
+    def stage(self, captions: list[str], *, pitch=None, dof=None, media_type=None, steps: int | None = None,
+              guidance: float | None = None, factor: int = 1, extra: Tensor | None = None) -> Stage:
+        """This module as one :class:`Stage` of a sampling plan, with classifier-free guidance."""
+        hp = self.hparams
+        cond_ctx, cond_mask = self.encode_conditions(captions, pitch, dof, media_type, drop=False)
+        unc_ctx, unc_mask = self.encode_conditions(captions, pitch, dof, media_type, drop=True)
+        cond = {"context": cond_ctx, "context_mask": cond_mask}
+        uncond = {"context": unc_ctx, "context_mask": unc_mask}
+        if extra is not None:
+            cond["extra"] = uncond["extra"] = extra
+        scale = hp.guidance if guidance is None else guidance
+        denoiser = CFGDenoiser(lambda x, s, **c: self.denoise(x, s, **c), cond, uncond, scale)
+        return Stage(denoiser, self.schedule, hp.sigma_min, hp.sigma_max, steps or hp.sample_steps, factor=factor)
+
+    @torch.no_grad()
+    def generate(self, captions: list[str], *, pitch=None, dof=None, media_type=None, aspect: str = "1:1",
+                 seed: int = 0, steps: int | None = None, solver: str | None = None,
+                 guidance: float | None = None, progress=None) -> Tensor:
+        """Text -> images with this stage alone (full noise range).
+
+        Returns (N, 3, H, W) float in [-1, 1], H x W from :meth:`image_shape`. Deterministic given seed.
+        """
+        h, w = self.image_shape(aspect)
+        st = self.stage(captions, pitch=pitch, dof=dof, media_type=media_type, steps=steps, guidance=guidance)
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        x = sample_plan([st], (len(captions), 3, h, w), "cascade", solver or self.hparams.sample_solver,
+                        generator=g, device=self.device, progress=progress)
+        return x.clamp(-1, 1)
+

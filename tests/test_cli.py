@@ -1,0 +1,92 @@
+"""The command line: SLURM auto-requeue, resume after requeue, sampling, and the user-facing error paths."""
+import json
+import os
+import signal
+import stat
+from pathlib import Path
+
+import lightning as L
+import pytest
+from lightning.fabric.plugins.environments import SLURMEnvironment
+
+from lit_edify.cli import build_cli, main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--config", str(ROOT / "recipes/tiny/base32.yaml"), "--model.init_args.resolution", "16",
+        "--model.init_args.unet_overrides",
+        json.dumps({"model_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_levels": [1],
+                    "head_dim": 16, "context_dim": 32, "pos_embed_size": 4}),
+        "--model.init_args.sample_steps", "2", "--data.init_args.resolution", "16", "--data.init_args.multiple", "8",
+        "--data.init_args.batch_size", "4", "--data.init_args.val_size", "4", "--data.init_args.train_size", "64",
+        "--trainer.limit_val_batches", "0"]
+
+
+class SendSignal(L.Callback):
+    def __init__(self, at_step):
+        self.at_step = at_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.at_step:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+@pytest.fixture
+def slurm_env(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "scontrol"                       # records the requeue request instead of talking to SLURM
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/scontrol.log\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    for k, v in {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
+                 "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NAME": "lit-edify",
+                 "SLURM_NODELIST": "localhost"}.items():
+        monkeypatch.setenv(k, v)
+    return tmp_path
+
+
+def test_slurm_requeue_on_sigusr1_and_resume(slurm_env):
+    root = slurm_env / "run"
+    args = TINY + ["--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root), "--trainer.max_steps", "4"]
+    cli = build_cli(args, run=False)
+    env = cli.trainer._accelerator_connector.cluster_environment
+    assert isinstance(env, SLURMEnvironment) and env.auto_requeue and env.requeue_signal == signal.SIGUSR1
+    cli.trainer.callbacks.append(SendSignal(at_step=2))
+    previous = signal.getsignal(signal.SIGUSR1)
+    try:
+        cli.trainer.fit(cli.model, cli.datamodule)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert (slurm_env / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    assert (root / "hpc_ckpt_1.ckpt").is_file()
+    # the requeued job starts the same command again: Lightning resumes from the HPC checkpoint by itself
+    again = build_cli(args, run=False)
+    again.trainer.fit(again.model, again.datamodule)
+    assert again.trainer.global_step == 4
+    assert again.trainer.fit_loop.epoch_loop._batches_that_stepped == 4
+
+
+def test_unknown_recipe_key_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(ROOT / "recipes/tiny/base32.yaml"), "--model.init_args.learning_rat", "1"])
+    assert info.value.code != 0
+    assert "learning_rat" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found: train one with"):
+        main(["sample", "--ckpt", str(tmp_path / "nope.ckpt"), "--prompt", "a red circle"])
+
+
+def test_fit_then_sample_writes_images_for_every_aspect(tmp_path):
+    root = tmp_path / "run"
+    main(["fit", *TINY, "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
+          "--trainer.max_steps", "2"])
+    ckpt = next(root.rglob("last.ckpt"))
+    for aspect, shape in [("1:1", (16, 16)), ("16:9", (16, 24)), ("9:16", (24, 16))]:
+        out = tmp_path / aspect.replace(":", "x")
+        main(["sample", "--ckpt", str(ckpt), "--prompt", "a red circle", "--prompt", "a blue square",
+              "--aspect", aspect, "--steps", "2", "--out", str(out)])
+        from PIL import Image
+        assert Image.open(out / "000.png").size == shape[::-1]
+        assert (out / "grid.png").is_file() and (out / "prompts.txt").read_text().count("\n") == 2
