@@ -96,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not Path(a.config).is_file():
             raise FileNotFoundError(f"recipe {a.config!r} not found; run from the repository root or pass --config")
-        minutes = int(a.minutes)
-        seconds = int(round((a.minutes - minutes) * 60))
+        hours, rest = divmod(int(round(a.minutes * 60)), 3600)
+        max_time = f"00:{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
         args = ["fit", "--config", a.config, "--trainer.default_root_dir", str(out),
-                "--trainer.logger.init_args.save_dir", str(out), "--trainer.max_time", f"00:00:{minutes}:{seconds}"]
+                "--trainer.logger.init_args.save_dir", str(out), "--trainer.max_time", max_time]
         if a.max_steps:
             args += ["--trainer.max_steps", str(a.max_steps)]
         cli = build_cli(args)
