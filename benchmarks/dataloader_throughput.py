@@ -42,16 +42,25 @@ def main(argv: list[str] | None = None) -> int:
 
     from data_modules.image_text import ImageTextDataModule
 
-    dm = ImageTextDataModule(root=args.root, resolution=args.resolution, multiple=args.multiple,
-                             batch_size=args.batch_size, num_workers=args.num_workers, seed=0)
+    dm = ImageTextDataModule(
+        root=args.root,
+        resolution=args.resolution,
+        multiple=args.multiple,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        seed=0,
+    )
     t0 = time.perf_counter()
     dm.prepare_data()
     dm.setup("fit")
-    print(f"root={args.root} images={len(dm.train_set)} bad={len(dm.bad_samples)} "
-          f"index_s={time.perf_counter() - t0:.2f}")
+    print(
+        f"root={args.root} images={len(dm.train_set)} bad={len(dm.bad_samples)} index_s={time.perf_counter() - t0:.2f}"
+    )
     print("buckets:", dict(Counter(dm.train_set.bucket_of)))
-    print(f"resolution={args.resolution} batch_size={args.batch_size} num_workers={args.num_workers} "
-          f"torch_threads={torch.get_num_threads()} cpus={os.cpu_count()}")
+    print(
+        f"resolution={args.resolution} batch_size={args.batch_size} num_workers={args.num_workers} "
+        f"torch_threads={torch.get_num_threads()} cpus={os.cpu_count()}"
+    )
 
     loader = dm.train_dataloader()
     timed_images, timed_s = 0, 0.0
@@ -66,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             n_images += batch["image"].shape[0]
         elapsed = time.perf_counter() - (start or t_epoch)
-        print(f"epoch {epoch}: {n_images} images in {elapsed:.2f} s after the first batch "
-              f"({n_images / max(elapsed, 1e-9):.1f} images/s; whole epoch {time.perf_counter() - t_epoch:.2f} s)")
+        print(
+            f"epoch {epoch}: {n_images} images in {elapsed:.2f} s after the first batch "
+            f"({n_images / max(elapsed, 1e-9):.1f} images/s; whole epoch {time.perf_counter() - t_epoch:.2f} s)"
+        )
         timed_images += n_images
         timed_s += elapsed
     if dm.bad_samples:

@@ -137,7 +137,9 @@ class AestheticWeighting(L.Callback):
             raise ValueError("aesthetic scorer returned NaN/inf scores; check the scorer and its input range [-1, 1]")
         if (out < 0).any():
             if not self._warned_negative:
-                warnings.warn("aesthetic scorer returned negative scores; they are clamped to 0 (zero loss weight)")
+                warnings.warn(
+                    "aesthetic scorer returned negative scores; they are clamped to 0 (zero loss weight)", stacklevel=2
+                )
                 self._warned_negative = True
             out = out.clamp_min(0.0)
         return out

@@ -86,9 +86,7 @@ class CaptionMixer:
         self.p_long = float(p_long)
         self.p_drop = float(p_drop)
 
-    def choose(
-        self, caption: str | None, long_caption: str | None, rng: random.Random
-    ) -> tuple[str, CaptionChoice]:
+    def choose(self, caption: str | None, long_caption: str | None, rng: random.Random) -> tuple[str, CaptionChoice]:
         """Return ``(text, which)`` with ``which`` in ``{"short", "long", "dropped", "none"}``.
 
         ``caption``/``long_caption`` are cleaned with :func:`clean_caption` first. Two random draws

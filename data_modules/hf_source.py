@@ -16,9 +16,12 @@ import json
 import os
 import tempfile
 
+from collections.abc import Callable
+
+from data_modules.captions import clean_caption
 from data_modules.imageio import BadSample, read_size
 
-__all__ = ["open_hf", "hf_sizes", "image_value", "ImageValue", "undecoded"]
+__all__ = ["open_hf", "hf_sizes", "hf_items", "image_value", "ImageValue", "undecoded"]
 
 
 def open_hf(name: str, split: str = "train", data_dir: str | None = None, streaming: bool = False):
@@ -157,3 +160,57 @@ def hf_sizes(ds, image_column: str, cache_dir: str | None = None, batch_size: in
         except OSError:
             pass
     return sizes
+
+
+def hf_items(
+    ds,
+    name: str,
+    aspect_of: Callable[[int, int], str],
+    *,
+    image_column: str,
+    caption_column: str,
+    long_caption_column: str,
+    max_pixels: int | None,
+    require_caption: bool,
+) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Index a map-style dataset: one item per usable row, ``(name, reason)`` per bad row.
+
+    Items have ``name, row, aspect, caption, long_caption, caption_file=None`` and ``meta_row``
+    (the row's ``aesthetic``/``pitch``/``dof``/``media_type`` values, those that exist).
+
+    Raises:
+        ValueError: neither caption column exists while captions are required.
+    """
+    sizes = hf_sizes(ds, image_column)
+    columns = set(ds.column_names)
+    if require_caption and caption_column not in columns and long_caption_column not in columns:
+        raise ValueError(
+            f"no caption column {caption_column!r} or {long_caption_column!r} in {name}; columns are "
+            f"{sorted(columns)} (set data.caption_column, or data.require_caption=False)"
+        )
+    wanted = [
+        c for c in (caption_column, long_caption_column, "aesthetic", "pitch", "dof", "media_type") if c in columns
+    ]
+    table = {c: ds[c] for c in wanted}
+    items: list[dict] = []
+    bad: list[tuple[str, str]] = []
+    for i, size in enumerate(sizes):
+        row_name = f"{name}[{i}]"
+        if len(size) == 1:
+            bad.append((row_name, size[0]))
+            continue
+        w, h = size
+        if max_pixels is not None and w * h > max_pixels:
+            bad.append((row_name, f"too large: {w}x{h} exceeds max_pixels={max_pixels} (decompression-bomb guard)"))
+            continue
+        row = {c: table[c][i] for c in wanted}
+        caption, long_caption = clean_caption(row.get(caption_column)), clean_caption(row.get(long_caption_column))
+        if require_caption and caption is None and long_caption is None:
+            bad.append((row_name, "missing caption: empty caption columns"))
+            continue
+        meta = {k: row[k] for k in ("aesthetic", "pitch", "dof", "media_type") if k in row}
+        items.append(
+            {"name": row_name, "row": i, "aspect": aspect_of(w, h), "caption": caption,
+             "long_caption": long_caption, "caption_file": None, "meta_row": meta}
+        )  # fmt: skip
+    return items, bad

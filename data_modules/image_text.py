@@ -143,11 +143,19 @@ class ImageTextDataModule(L.LightningDataModule):
         """Build/refresh the size index once per node (cached for ``setup`` on every rank)."""
         hp = self.hparams
         if hp.root is not None:
-            index_folder(hp.root, max_pixels=hp.max_pixels, index_path=hp.index_path, require_caption=hp.require_caption)
+            index_folder(
+                hp.root, max_pixels=hp.max_pixels, index_path=hp.index_path, require_caption=hp.require_caption
+            )
+        elif not hp.streaming:
+            from data_modules.hf_source import hf_sizes, open_hf, undecoded
 
-    def _folder_items(self) -> tuple[list[dict], list[tuple[str, str]], list]:
+            hf_sizes(undecoded(open_hf(hp.hf_dataset, hp.hf_split, hp.hf_data_dir), hp.image_column), hp.image_column)
+
+    def _folder_items(self) -> tuple[list[dict], list[tuple[str, str]], None]:
         hp = self.hparams
-        idx = index_folder(hp.root, max_pixels=hp.max_pixels, index_path=hp.index_path, require_caption=hp.require_caption)
+        idx = index_folder(
+            hp.root, max_pixels=hp.max_pixels, index_path=hp.index_path, require_caption=hp.require_caption
+        )
         items = []
         for rec in idx.records:
             row = rec["meta"]
@@ -162,42 +170,18 @@ class ImageTextDataModule(L.LightningDataModule):
                     "meta_row": row,
                 }
             )
-        return items, idx.bad, []
+        return items, idx.bad, None
 
     def _hf_items(self) -> tuple[list[dict], list[tuple[str, str]], object]:
-        from data_modules.hf_source import ImageValue, hf_sizes, open_hf, undecoded
+        from data_modules.hf_source import ImageValue, hf_items, open_hf, undecoded
 
         hp = self.hparams
         ds = undecoded(open_hf(hp.hf_dataset, hp.hf_split, hp.hf_data_dir), hp.image_column)
-        sizes = hf_sizes(ds, hp.image_column)
-        columns = set(ds.column_names)
-        if hp.require_caption and hp.caption_column not in columns and hp.long_caption_column not in columns:
-            raise ValueError(
-                f"no caption column {hp.caption_column!r} or {hp.long_caption_column!r} in {hp.hf_dataset!r}; "
-                f"columns are {sorted(columns)} (set data.caption_column, or require_caption=False)"
-            )
-        wanted = [c for c in (hp.caption_column, hp.long_caption_column, "aesthetic", "pitch", "dof", "media_type") if c in columns]
-        table = {c: ds[c] for c in wanted}
-        items, bad = [], []
-        for i, size in enumerate(sizes):
-            name = f"{hp.hf_dataset}[{hp.hf_split}][{i}]"
-            if len(size) == 1:
-                bad.append((name, size[0]))
-                continue
-            w, h = size
-            if hp.max_pixels is not None and w * h > hp.max_pixels:
-                bad.append((name, f"too large: {w}x{h} exceeds max_pixels={hp.max_pixels} (decompression-bomb guard)"))
-                continue
-            row = {c: table[c][i] for c in wanted}
-            caption = clean_caption(row.get(hp.caption_column))
-            long_caption = clean_caption(row.get(hp.long_caption_column))
-            if hp.require_caption and caption is None and long_caption is None:
-                bad.append((name, "missing caption: empty caption columns"))
-                continue
-            items.append(
-                {"name": name, "row": i, "aspect": self.maker.aspect_of(w, h), "caption": caption,
-                 "long_caption": long_caption, "caption_file": None, "meta_row": row}
-            )
+        items, bad = hf_items(
+            ds, f"{hp.hf_dataset}[{hp.hf_split}]", self.maker.aspect_of, image_column=hp.image_column,
+            caption_column=hp.caption_column, long_caption_column=hp.long_caption_column,
+            max_pixels=hp.max_pixels, require_caption=hp.require_caption,
+        )  # fmt: skip
         return items, bad, ImageValue(ds, hp.image_column)
 
     def _annotate(self, items: list[dict], val: list[bool]) -> None:
@@ -205,11 +189,14 @@ class ImageTextDataModule(L.LightningDataModule):
         unknown: Counter = Counter()
         for it in items:
             meta = normalise_meta(it.pop("meta_row"), self.hparams.media_types, unknown)
-            it.update(pitch=meta["pitch"], dof=meta["dof"], media_type=meta["media_type"], aesthetic_raw=meta["aesthetic_raw"])
+            it.update(
+                pitch=meta["pitch"], dof=meta["dof"], media_type=meta["media_type"], aesthetic_raw=meta["aesthetic_raw"]
+            )
         if unknown:
             log.warning(
                 "media_type labels not in data.media_types were set to -1 (unknown): %s; list them in "
-                "data.media_types to use them", dict(unknown.most_common(10)),
+                "data.media_types to use them",
+                dict(unknown.most_common(10)),
             )
         train_raw = [it["aesthetic_raw"] for it, v in zip(items, val) if not v]
         _, mean = aesthetic_weights(train_raw, self.hparams.aesthetic_mean)
@@ -247,8 +234,14 @@ class ImageTextDataModule(L.LightningDataModule):
             raise ValueError(f"val_fraction={hp.val_fraction} left no training samples; lower it")
         self.train_set = ImageTextDataset(train_items, self.maker, getter, seed=hp.seed)
         if val_items:
-            val_maker = SampleMaker(hp.resolution, hp.multiple, self.aspects, CaptionMixer(hp.p_long, 0.0),
-                                    hp.max_pixels, hp.caption_fallback_encoding)
+            val_maker = SampleMaker(
+                hp.resolution,
+                hp.multiple,
+                self.aspects,
+                CaptionMixer(hp.p_long, 0.0),
+                hp.max_pixels,
+                hp.caption_fallback_encoding,
+            )
             self.val_set = ImageTextDataset(val_items, val_maker, getter, seed=hp.seed, deterministic=True)
 
     def _setup_streaming(self) -> None:
@@ -262,9 +255,19 @@ class ImageTextDataModule(L.LightningDataModule):
         self._hf = ds
         rank, world = self._rank_world()
         self.train_set = StreamingBucketDataset(
-            ds, self.maker, hp.batch_size, image_column=hp.image_column, caption_column=hp.caption_column,
-            long_caption_column=hp.long_caption_column, media_types=hp.media_types, aesthetic_mean=mean,
-            seed=hp.seed, shuffle_buffer=hp.shuffle_buffer, rank=rank, world_size=world, repeat=hp.stream_repeat,
+            ds,
+            self.maker,
+            hp.batch_size,
+            image_column=hp.image_column,
+            caption_column=hp.caption_column,
+            long_caption_column=hp.long_caption_column,
+            media_types=hp.media_types,
+            aesthetic_mean=mean,
+            seed=hp.seed,
+            shuffle_buffer=hp.shuffle_buffer,
+            rank=rank,
+            world_size=world,
+            repeat=hp.stream_repeat,
             drop_last=hp.drop_last,
         )
 
@@ -291,8 +294,15 @@ class ImageTextDataModule(L.LightningDataModule):
     def _bucket_loader(self, dataset: ImageTextDataset, shuffle: bool) -> EpochLoader:
         hp = self.hparams
         rank, world = self._rank_world()
-        sampler = BucketBatchSampler(dataset.bucket_of, hp.batch_size, shuffle=shuffle, seed=hp.seed,
-                                     num_replicas=world, rank=rank, drop_last=hp.drop_last and shuffle)
+        sampler = BucketBatchSampler(
+            dataset.bucket_of,
+            hp.batch_size,
+            shuffle=shuffle,
+            seed=hp.seed,
+            num_replicas=world,
+            rank=rank,
+            drop_last=hp.drop_last and shuffle,
+        )
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate, **self._loader_kwargs())
         return EpochLoader(loader, sampler)
 
@@ -345,13 +355,19 @@ class ImageTextDataModule(L.LightningDataModule):
         skips = self.ledger.pop_epoch()
         n = sum(skips.values())
         if n:
-            log.warning("epoch %d: skipped %d bad samples (%s); total so far:\n%s", self._logged_epoch, n,
-                        ", ".join(f"{k}: {v}" for k, v in skips.most_common()), self.ledger.summary())
+            log.warning(
+                "epoch %d: skipped %d bad samples (%s); total so far:\n%s",
+                self._logged_epoch,
+                n,
+                ", ".join(f"{k}: {v}" for k, v in skips.most_common()),
+                self.ledger.summary(),
+            )
         else:
             log.info("epoch %d: no bad samples while loading", self._logged_epoch)
         if trainer is not None and trainer.logger is not None:
             trainer.logger.log_metrics(
-                {"data/skipped_in_epoch": float(n), "data/bad_total": float(len(self.ledger.bad))}, step=trainer.global_step
+                {"data/skipped_in_epoch": float(n), "data/bad_total": float(len(self.ledger.bad))},
+                step=trainer.global_step,
             )
         self._logged_epoch = epoch
 

@@ -206,7 +206,9 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lit-edify data", description="Prepare datasets in the image-text folder format.")
+    parser = argparse.ArgumentParser(
+        prog="lit-edify data", description="Prepare datasets in the image-text folder format."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("tuxpaint", help="Tux Paint stamps (Debian tuxpaint-stamps-default)")
     t.add_argument("--out", required=True, help="output folder (e.g. data/tuxpaint)")
@@ -228,9 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         if not os.path.isdir(args.stamps_dir):
             return _missing("Tux Paint stamps", args.stamps_dir, "tuxpaint-stamps-default", "--stamps-dir")
         counts = prepare_tuxpaint(args.stamps_dir, args.out, args.limit, svg=not args.no_svg)
-        print(f"wrote {counts['written']} stamps to {args.out} ({counts['mirror']} mirrored duplicates skipped, "
-              f"{counts['svg_skipped']} SVG-only skipped, {counts['bad']} unreadable, "
-              f"{counts['named_caption']} captioned from file names)")
+        print(
+            f"wrote {counts['written']} stamps to {args.out} ({counts['mirror']} mirrored duplicates skipped, "
+            f"{counts['svg_skipped']} SVG-only skipped, {counts['bad']} unreadable, "
+            f"{counts['named_caption']} captioned from file names)"
+        )
         if counts["svg_skipped"] and not args.no_svg:
             print("note: install librsvg2-bin (apt-get install -y librsvg2-bin) to include SVG-only stamps")
         return 0 if counts["written"] else 1

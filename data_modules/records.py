@@ -5,14 +5,12 @@ Shared by the folder and Hugging Face sources of :mod:`data_modules.image_text`.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
 __all__ = ["UNKNOWN", "parse_int", "normalise_meta", "aesthetic_weights", "SkipLedger", "BadFractionError"]
 
-log = logging.getLogger("data_modules.image_text")
 
 #: Value of ``pitch``/``dof``/``media_type`` when the sample has no such annotation.
 UNKNOWN = -1

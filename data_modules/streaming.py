@@ -148,7 +148,9 @@ class StreamingBucketDataset(IterableDataset):
                     try:
                         sample = self._sample(row, rng)
                     except Exception as exc:  # BadSample or unexpected: skip the example, never stop
-                        reason = str(exc) if isinstance(exc, BadSample) else f"unexpected error: {type(exc).__name__}: {exc}"
+                        reason = (
+                            str(exc) if isinstance(exc, BadSample) else f"unexpected error: {type(exc).__name__}: {exc}"
+                        )
                         report["skipped"].append((path or f"stream[rank {self.rank} worker {worker} #{seen}]", reason))
                         continue
                     buf = buffers[sample["aspect"]]

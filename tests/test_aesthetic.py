@@ -72,8 +72,16 @@ class MemoryLogger(Logger):
 
 def _fit(callback, steps=6):
     model, logger = PerSampleLinear(), MemoryLogger()
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=logger, log_every_n_steps=1, callbacks=[callback],
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=logger,
+        log_every_n_steps=1,
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, DataLoader(Pairs(), batch_size=B, shuffle=False))
     return model, logger
 
@@ -156,8 +164,15 @@ def test_batch_without_scores_and_no_scorer_is_a_clear_error():
             return item
 
     model = PerSampleLinear()
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, callbacks=[AestheticWeighting(start_step=1)],
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[AestheticWeighting(start_step=1)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     with pytest.raises(KeyError, match="aesthetic"):
         trainer.fit(model, DataLoader(NoScores(), batch_size=B))
     assert len(model.seen) == 1  # the unweighted first step ran

@@ -73,7 +73,9 @@ def test_datamodule_mixes_captions_at_the_configured_rate(tmp_path):
         Image.fromarray(np.full((32, 32, 3), 40 * j, np.uint8)).save(tmp_path / f"{j}.png")
         rows.append({"file_name": f"{j}.png", "caption": f"short {j}", "long_caption": f"long {j}"})
     (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    dm = ImageTextDataModule(root=str(tmp_path), resolution=32, multiple=16, num_workers=0, p_long=0.3, p_drop_caption=0.1)
+    dm = ImageTextDataModule(
+        root=str(tmp_path), resolution=32, multiple=16, num_workers=0, p_long=0.3, p_drop_caption=0.1
+    )
     dm.setup("fit")
     torch.manual_seed(0)
     n = 2000

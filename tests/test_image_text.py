@@ -216,8 +216,14 @@ def test_metadata_captions_scores_and_labels(tmp_path):
     for j, score in enumerate([2.0, 4.0, 6.0, None]):
         rel = f"m{j}.png"
         Image.fromarray(_noise(60, 80, j)).save(tmp_path / rel)
-        row = {"file_name": rel, "caption": f"short {j}", "long_caption": f"a much longer caption {j}",
-               "pitch": j - 1, "dof": 2, "media_type": ["photography", "illustration", "painting", 1][j]}
+        row = {
+            "file_name": rel,
+            "caption": f"short {j}",
+            "long_caption": f"a much longer caption {j}",
+            "pitch": j - 1,
+            "dof": 2,
+            "media_type": ["photography", "illustration", "painting", 1][j],
+        }
         if score is not None:
             row["aesthetic"] = score
         rows.append(row)
@@ -283,8 +289,15 @@ def test_lightning_trains_through_bad_files_and_sets_the_epoch(folder, tmp_path,
     caplog.set_level("INFO", logger="data_modules.image_text")
     dm = _dm(root)
     model = _Tiny()
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, datamodule=dm)
     n_batches = len(dm.train_dataloader())
     assert len(model.shapes) == 2 * n_batches
@@ -314,9 +327,15 @@ def hf_dir(tmp_path_factory):
     cells = [{"bytes": _png_bytes(w, h, i), "path": f"img{i}.png"} for i, (w, h) in enumerate(list(SIZES.values()) * 3)]
     cut = _png_bytes(80, 60, 99)
     cells += [{"bytes": b"garbage" * 10, "path": "corrupt.png"}, {"bytes": cut[: len(cut) // 2], "path": "cut.png"}]
-    feats = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string"), "aesthetic": datasets.Value("float32")})
+    feats = datasets.Features(
+        {"image": datasets.Image(), "text": datasets.Value("string"), "aesthetic": datasets.Value("float32")}
+    )
     ds = datasets.Dataset.from_dict(
-        {"image": cells, "text": [f"cap {i}" for i in range(len(cells))], "aesthetic": [float(i + 1) for i in range(len(cells))]},
+        {
+            "image": cells,
+            "text": [f"cap {i}" for i in range(len(cells))],
+            "aesthetic": [float(i + 1) for i in range(len(cells))],
+        },
         features=feats,
     )
     path = str(tmp_path_factory.mktemp("hf") / "ds")
@@ -326,6 +345,7 @@ def hf_dir(tmp_path_factory):
 
 def test_hf_dataset_map_style(hf_dir):
     dm = _dm(None, hf_dataset=hf_dir)
+    dm.prepare_data()  # scans the image headers once and caches them by fingerprint
     dm.setup("fit")
     batches = _epoch(dm)
     assert all(len(set(b["aspect"])) == 1 for b in batches)

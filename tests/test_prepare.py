@@ -43,7 +43,9 @@ def test_tuxpaint_converter(tmp_path, capsys):
     msg = capsys.readouterr().out
     assert "wrote 3 stamps" in msg and "1 mirrored" in msg and "1 SVG-only skipped" in msg and "1 unreadable" in msg
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
-        "animals/frog.png", "cartoon/tux-drat-2.png", "shapes/green.png"
+        "animals/frog.png",
+        "cartoon/tux-drat-2.png",
+        "shapes/green.png",
     ]
     frog = Image.open(out / "animals" / "frog.png")
     assert frog.mode == "RGB" and frog.size == (60, 40)
@@ -61,7 +63,21 @@ def test_tuxpaint_converter(tmp_path, capsys):
 
 def test_tuxpaint_limit_and_missing_package(tmp_path, capsys):
     _stamps(tmp_path / "stamps")
-    assert main(["tuxpaint", "--stamps-dir", str(tmp_path / "stamps"), "--out", str(tmp_path / "o"), "--limit", "2", "--no-svg"]) == 0
+    assert (
+        main(
+            [
+                "tuxpaint",
+                "--stamps-dir",
+                str(tmp_path / "stamps"),
+                "--out",
+                str(tmp_path / "o"),
+                "--limit",
+                "2",
+                "--no-svg",
+            ]
+        )
+        == 0
+    )
     assert len(list((tmp_path / "o").rglob("*.png"))) == 2
     assert main(["tuxpaint", "--stamps-dir", str(tmp_path / "absent"), "--out", str(tmp_path / "x")]) == 2
     assert "apt-get install -y tuxpaint-stamps-default" in capsys.readouterr().err
@@ -86,8 +102,12 @@ def test_fashion_mnist_converter(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["fashion-mnist", "--source-dir", str(src), "--out", str(out), "--limit", "4"]) == 0
     assert "wrote 4 images" in capsys.readouterr().out
-    expected = {"sneaker/train_00000": "a photo of a sneaker", "t-shirt/train_00001": "a photo of a t-shirt",
-                "ankle_boot/train_00002": "a photo of an ankle boot", "bag/train_00003": "a photo of a bag"}
+    expected = {
+        "sneaker/train_00000": "a photo of a sneaker",
+        "t-shirt/train_00001": "a photo of a t-shirt",
+        "ankle_boot/train_00002": "a photo of an ankle boot",
+        "bag/train_00003": "a photo of a bag",
+    }
     assert sorted(p.relative_to(out).with_suffix("").as_posix() for p in out.rglob("*.png")) == sorted(expected)
     for i, (stem, caption) in enumerate(expected.items()):
         assert (out / f"{stem}.txt").read_text().strip() == caption
