@@ -164,3 +164,60 @@ def test_evaluate_generator_function_and_folder_reference(tmp_path, inception, s
     out = evaluate_generator(lambda caps, **kw: draw_shapes(caps, 64, seed=7), None, str(folder), kid=False,
                              num_images=4, cache_dir=tmp_path / "cache", batch_size=4)
     assert set(out) == {"num_images", "fid"} and out["fid"] > 0
+
+
+def _scalars(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_callback_logs_ema_metrics_to_tensorboard_and_json(tmp_path, tiny_base_kwargs):
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from callbacks.ema import EMA
+    from callbacks.metrics import GenerationMetrics
+    from data_modules.shapes import ShapesDataModule
+    from lit_edify.modules.base import BaseModel
+
+    class Testable(BaseModel):  # the base model defines no test_step; reuse its validation loss
+        test_step = BaseModel.validation_step
+
+    torch.manual_seed(0)
+    model = Testable(**tiny_base_kwargs)
+    dm = ShapesDataModule(resolution=16, train_size=8, val_size=8, batch_size=4, seed=0)
+    # Inception runs on 4 reference + 2 generated images per evaluation (FID needs 2)
+    metrics = GenerationMetrics(num_images=2, batch_size=2, steps=2, kid_subsets=5, adherence="shapes",
+                                num_reference=4, cache_dir=str(tmp_path / "cache"))
+    # a very long half-life keeps the EMA near the initial weights, far from the trained ones
+    ema = EMA(halflife_images=1e9, rampup_ratio=None)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="run"),
+                        callbacks=[ema, metrics], num_sanity_val_steps=1, limit_val_batches=1,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=dm)
+    cbs = trainer.callbacks
+    assert cbs.index(metrics) < cbs.index(ema)  # moved before the EMA callback
+
+    records = json.loads((tmp_path / "run" / "version_0" / "metrics.json").read_text())
+    assert len(records) == 1 and records[0]["stage"] == "val" and records[0]["step"] == 2  # not on sanity check
+    rec = records[0]
+    assert {"fid", "kid_mean", "kid_std", "adherence/color", "adherence/all"} <= set(rec)
+    assert rec["fid"] > 0 and rec["num_images"] == 2
+    tb = _scalars(trainer.log_dir)
+    assert len(tb["val/fid"]) == 1 and tb["val/fid"][0][1] == pytest.approx(rec["fid"], rel=1e-5)
+    assert tb["val/adherence/color"][0][1] == pytest.approx(rec["adherence/color"])
+
+    # after fit WeightAveraging leaves the EMA weights in the model: the same fixed-seed evaluation
+    # reproduces the logged FID only if validation generated with the EMA weights as well
+    again = metrics.compute(trainer, model)
+    assert again["fid"] == pytest.approx(rec["fid"], rel=1e-6)
+
+    trainer.validate(model, datamodule=dm)  # every trainer.validate evaluates
+    trainer.test(model, datamodule=dm)
+    records = json.loads((tmp_path / "run" / "version_0" / "metrics.json").read_text())
+    assert [r["stage"] for r in records] == ["val", "val", "test"]
+    assert records[2]["fid"] == pytest.approx(rec["fid"], rel=1e-6)  # same weights, prompts, seeds
+    assert "test/fid" in _scalars(trainer.log_dir)

@@ -118,6 +118,12 @@ class ClipScorer:
             )
         return cls(model, open_clip.get_tokenizer(name), device=device)
 
+    def to(self, device) -> "ClipScorer":
+        """Move the model to ``device`` (returns self)."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
     def preprocess(self, images: Tensor) -> Tensor:
         """(N, 3, H, W) float in [-1, 1] -> (N, 3, h, w) CLIP input on the scorer's device."""
         return clip_preprocess(images.to(self.device), self.preprocess_cfg)

@@ -194,11 +194,14 @@ class GeneratorEvaluator:
             s = torch.cat([self.clip.scores(im, [prompts[i]["caption"] for i in idx]) for idx, im in batches])
             out["clip_score"] = float(s.mean())
         if self.judge is not None:
-            sums: dict[str, float] = {}
-            for idx, im in batches:
-                for k, v in self.judge(im, [prompts[i] for i in idx]).items():
-                    sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
-            out.update({f"adherence/{k}": v / n for k, v in sums.items()})
+            # one call in prompt order: a (N, 3, H, W) tensor, or a list of (3, H, W) for mixed aspects
+            order = [i for idx, _ in batches for i in idx]
+            images = [img for _, im in batches for img in im]
+            if len({tuple(img.shape) for img in images}) == 1:
+                images = torch.stack(images)
+            verdict = self.judge(images, [prompts[i] for i in order])
+            out.update({f"adherence/{k}": float(v) for k, v in verdict.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"})
         if self.classifier is not None:
             hits = sum(self.classifier.accuracy(im, [prompts[i]["caption"] for i in idx]) * len(idx)
                        for idx, im in batches)
