@@ -27,6 +27,17 @@ def test_recipe_parses_with_print_config(recipe, capsys, monkeypatch):
     assert printed["trainer"]["callbacks"]
 
 
+@pytest.mark.parametrize("data_recipe", ["recipes/tiny/tuxpaint.yaml", "recipes/tiny/fashion_mnist.yaml"])
+def test_real_data_recipes_compose_with_the_tiny_model(data_recipe, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "recipes/tiny/base32.yaml", "--config", data_recipe, "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] == "lit_edify.modules.base.BaseModel"
+    assert printed["data"]["class_path"] == "data_modules.image_text.ImageTextDataModule"
+    assert printed["data"]["init_args"]["resolution"] == printed["model"]["init_args"]["resolution"]
+
+
 @pytest.mark.parametrize("recipe,billions", [("recipes/base256.yaml", 2.7), ("recipes/upsampler1k.yaml", 1.6)])
 def test_paper_scale_models_have_the_reported_size(recipe, billions, monkeypatch):
     cfg = yaml.safe_load((ROOT / recipe).read_text())

@@ -1,0 +1,109 @@
+"""Paper-scale training step on one GPU: are the recipes' sizes and per-GPU batches real?
+
+Builds the denoiser of ``recipes/base256.yaml`` (2.7B U-Net at 256 px) and ``recipes/upsampler1k.yaml``
+(1.6B at 1024 px) as the recipes do (bf16 autocast, activation checkpointing, AdamW, EMA copy), feeds
+T5-XXL-shaped text tokens (B, 512, 4096) (the frozen encoder's cost is excluded: its outputs are cached),
+and runs the EDM loss under the Laplacian forward process with the recipe's per-GPU batch, halving the
+batch on out-of-memory. Prints step time, images/s and peak memory per model.
+
+    python benchmarks/paper_scale_step.py                      # on a GPU
+    python benchmarks/paper_scale_step.py --preset tiny --device cpu --steps 2   # smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_edify.diffusion.edm import denoising_loss, precondition, sample_sigmas  # noqa: E402
+from lit_edify.diffusion.laplacian import LaplacianSchedule  # noqa: E402
+from lit_edify.nn.conditioning import ConditionEmbedder  # noqa: E402
+from lit_edify.nn.presets import build_unet, count_parameters  # noqa: E402
+
+MODELS = {  # name: (preset, resolution, per-GPU batch of the recipe, band factor, cutoff, start, sigma_max)
+    "base256": ("base2.7b", 256, 32, 2, 8.0, 1.0, 80.0),
+    "upsampler1k": ("upsampler1k1.6b", 1024, 16, 4, 4.0, 0.5, 4.0),
+}
+
+
+def run(name: str, preset: str, res: int, batch: int, factor: int, cutoff: float, start: float, smax: float,
+        device: str, steps: int, text_len: int, text_dim: int) -> dict:
+    torch.manual_seed(0)
+    if device != "cpu":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    net = build_unet(preset, use_checkpoint=device != "cpu", pos_embed_size=res // 4).to(device)
+    emb = ConditionEmbedder(text_dim, net.context_dim).to(device)
+    params = list(net.parameters()) + list(emb.parameters())
+    n_params = count_parameters(net) + count_parameters(emb)
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=device != "cpu")
+    ema = [p.detach().clone() for p in params]
+    sched = LaplacianSchedule((factor,), (cutoff,), (start,))
+    dtype = torch.bfloat16 if device != "cpu" else torch.float32
+    while batch >= 1:
+        try:
+            x0 = torch.rand(batch, 3, res, res, device=device) * 2 - 1
+            tokens = torch.randn(batch, text_len, text_dim, device=device)
+            mask = torch.ones(batch, text_len, dtype=torch.bool, device=device)
+            labels = torch.zeros(batch, dtype=torch.long, device=device)
+            times = []
+            for i in range(steps + 2):
+                if device != "cpu":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                with torch.autocast(device.split(":")[0], dtype=dtype, enabled=device != "cpu"):
+                    ctx, cmask = emb(tokens, mask, labels, labels, labels)
+                    sigma = sample_sigmas(batch, -1.2, 1.2, 0.002, smax, device=device)
+                    loss = denoising_loss(lambda x, s: precondition(net, x, s, 0.5, context=ctx, context_mask=cmask),
+                                          x0, sigma, sched, 0.5).mean()
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1e-4)
+                if device != "cpu":
+                    torch.cuda.synchronize()
+                if i >= 2:  # two warm-up steps
+                    times.append(time.perf_counter() - t0)
+            step = sorted(times)[len(times) // 2]
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device != "cpu" else float("nan")
+            print(f"{name:12s} {preset:16s} params={n_params / 1e9:.3f}B res={res} batch/GPU={batch} "
+                  f"step={step:.3f}s images/s={batch / step:.1f} peak_mem={peak:.1f}GiB loss={loss.item():.3f}",
+                  flush=True)
+            return {"batch": batch, "step": step, "peak": peak, "ips": batch / step}
+        except torch.OutOfMemoryError:
+            print(f"{name}: batch {batch} out of memory, halving", flush=True)
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            batch //= 2
+    raise RuntimeError(f"{name}: even batch 1 does not fit")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--preset", default=None, help="override the U-Net preset (e.g. tiny for a CPU smoke test)")
+    p.add_argument("--only", choices=sorted(MODELS), default=None)
+    a = p.parse_args()
+    if a.device != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        print(torch.cuda.get_device_name(), torch.__version__, flush=True)
+    results = {}
+    for name, (preset, res, batch, f, cut, start, smax) in MODELS.items():
+        if a.only and name != a.only:
+            continue
+        if a.preset:
+            preset, res, batch = a.preset, min(res, 64), 2
+        results[name] = run(name, preset, res, batch, f, cut, start, smax, a.device, a.steps, 512, 4096)
+    print("paper_scale_step: " + " ".join(f"{k}_images_per_s={v['ips']:.1f} {k}_batch={v['batch']} "
+                                          f"{k}_peak_GiB={v['peak']:.1f}" for k, v in results.items()))
+
+
+if __name__ == "__main__":
+    main()
