@@ -122,8 +122,12 @@ def _child(queue, *args, **kwargs) -> None:
 
 
 def run_isolated(*args, **kwargs) -> dict:
-    """run_one in a forked process (own peak-memory counter; imports are shared with the parent)."""
-    ctx = mp.get_context("fork")
+    """run_one in a child process with its own peak-memory counter.
+
+    CPU: forked, sharing the parent's imports; CUDA: spawned (CUDA cannot be used after a fork once
+    an import has initialised it in the parent).
+    """
+    ctx = mp.get_context("spawn" if kwargs["device"].startswith("cuda") else "fork")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(queue, *args), kwargs=kwargs)
     proc.start()
