@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
+from data_modules.buckets import ASPECT_RATIOS, bucket_shape
 from lit_edify.cli import build_cli, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,15 +79,32 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         main(["sample", "--ckpt", str(tmp_path / "nope.ckpt"), "--prompt", "a red circle"])
 
 
-def test_fit_then_sample_writes_images_for_every_aspect(tmp_path):
-    root = tmp_path / "run"
-    main(["fit", *TINY, "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
-          "--trainer.max_steps", "2"])
-    ckpt = next(root.rglob("last.ckpt"))
-    for aspect, shape in [("1:1", (16, 16)), ("16:9", (16, 24)), ("9:16", (24, 16))]:
+UNET = json.dumps({"model_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_levels": [1],
+                   "head_dim": 16, "context_dim": 32, "pos_embed_size": 8})
+TINY_UP = ["--config", str(ROOT / "recipes/tiny/upsampler64.yaml"), "--model.init_args.resolution", "32",
+           "--model.init_args.unet_overrides", UNET, "--model.init_args.sample_steps", "2",
+           "--data.init_args.resolution", "32", "--data.init_args.multiple", "16", "--data.init_args.batch_size", "2",
+           "--data.init_args.val_size", "5", "--data.init_args.train_size", "20", "--trainer.limit_val_batches", "0"]
+
+
+def test_fit_then_sample_both_plans_for_every_aspect(tmp_path):
+    from PIL import Image
+
+    ckpts = {}
+    for name, args in [("base", TINY), ("up", TINY_UP)]:
+        root = tmp_path / name
+        main(["fit", *args, "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
+              "--trainer.max_steps", "2"])
+        ckpts[name] = str(next(root.rglob("last.ckpt")))
+    for aspect in ASPECT_RATIOS:
+        h, w = bucket_shape(aspect, 16, 8)   # the base's bucket at 16 px (U-Net multiple 8)
         out = tmp_path / aspect.replace(":", "x")
-        main(["sample", "--ckpt", str(ckpt), "--prompt", "a red circle", "--prompt", "a blue square",
-              "--aspect", aspect, "--steps", "2", "--out", str(out)])
-        from PIL import Image
-        assert Image.open(out / "000.png").size == shape[::-1]
-        assert (out / "grid.png").is_file() and (out / "prompts.txt").read_text().count("\n") == 2
+        main(["sample", "--ckpt", ckpts["base"], "--prompt", "a red circle", "--prompt", "a blue square",
+              "--aspect", aspect, "--steps", "2", "--out", str(out / "base")])
+        assert Image.open(out / "base" / "000.png").size == (w, h)
+        assert (out / "base" / "prompts.txt").read_text().count("\n") == 2
+        for plan in ("cascade", "switch"):
+            main(["sample", "--ckpt", ckpts["base"], "--upsampler-ckpt", ckpts["up"], "--plan", plan,
+                  "--prompt", "a red circle", "--aspect", aspect, "--steps", "2", "--upsampler-steps", "2",
+                  "--out", str(out / plan)])
+            assert Image.open(out / plan / "000.png").size == (2 * w, 2 * h)
