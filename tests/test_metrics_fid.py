@@ -7,9 +7,18 @@ import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from lit_edify.metrics import (GeneratorEvaluator, InceptionPool3, cached_features, evaluate_generator,
-                               extract_features, fid_from_features, images_to_uint8, iter_reference_batches,
-                               kid_from_features, resize_bilinear_tf1)
+from lit_edify.metrics import (
+    GeneratorEvaluator,
+    InceptionPool3,
+    cached_features,
+    evaluate_generator,
+    extract_features,
+    fid_from_features,
+    images_to_uint8,
+    iter_reference_batches,
+    kid_from_features,
+    resize_bilinear_tf1,
+)
 from lit_edify.metrics.fid import hash_images
 from lit_edify.metrics.synthetic import draw_shapes, random_captions
 
@@ -127,7 +136,7 @@ def test_evaluator_matches_direct_fid_and_uses_cache(tmp_path, inception, sets):
 
     ref = [{"image": sets["a"][:6], "caption": sets["caps_a"][:6]},
            {"image": sets["a"][6:], "caption": sets["caps_a"][6:]}]
-    kw = dict(cache_dir=tmp_path, kid_subsets=10, inception=inception)
+    kw = {"cache_dir": tmp_path, "kid_subsets": 10, "inception": inception}
     # the cache is keyed by image content: seed it with the fixture's features of set "a"
     cached_features(hash_images(sets["a"]), lambda: sets["feats"]["a"], tmp_path)
     ev = GeneratorEvaluator(ref, **kw)

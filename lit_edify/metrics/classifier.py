@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .inception import images_to_uint8
 
@@ -118,7 +117,7 @@ def train_caption_classifier(
     index = {c: i for i, c in enumerate(classes)}
     y = torch.tensor([index[c] for c in captions], dtype=torch.long)
     perm = torch.randperm(len(x), generator=gen)
-    n_val = int(round(len(x) * heldout)) if len(x) >= 10 else 0
+    n_val = round(len(x) * heldout) if len(x) >= 10 else 0
     val, train = perm[:n_val], perm[n_val:]
     batch_size = max(2, min(batch_size, len(train)))
     with torch.random.fork_rng(devices=[]):

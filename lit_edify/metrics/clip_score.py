@@ -89,7 +89,7 @@ class ClipScorer:
     @classmethod
     def from_checkpoint(
         cls, checkpoint: str | os.PathLike | None, model_name: str = "ViT-B-32", device="cpu"
-    ) -> "ClipScorer":
+    ) -> ClipScorer:
         """Build from local weights (see the module docstring for the accepted forms)."""
         import open_clip
 
@@ -118,7 +118,7 @@ class ClipScorer:
             )
         return cls(model, open_clip.get_tokenizer(name), device=device)
 
-    def to(self, device) -> "ClipScorer":
+    def to(self, device) -> ClipScorer:
         """Move the model to ``device`` (returns self)."""
         self.device = torch.device(device)
         self.model.to(self.device)

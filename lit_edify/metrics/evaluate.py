@@ -23,8 +23,15 @@ from torch import Tensor
 
 from .classifier import CaptionClassifier, load_or_train_classifier, to_classifier_input
 from .clip_score import ClipScorer
-from .fid import (DEFAULT_CACHE_DIR, ImageHasher, cached_features, compute_reference_features,
-                  fid_from_features, iter_reference_batches, kid_from_features)
+from .fid import (
+    DEFAULT_CACHE_DIR,
+    ImageHasher,
+    cached_features,
+    compute_reference_features,
+    fid_from_features,
+    iter_reference_batches,
+    kid_from_features,
+)
 from .inception import InceptionPool3, extract_features, images_to_uint8
 
 __all__ = ["GeneratorEvaluator", "evaluate_generator", "generate_batches", "normalize_prompts"]
@@ -130,7 +137,7 @@ class GeneratorEvaluator:
             self.inception = InceptionPool3()
         return self.inception.to(self.device)
 
-    def prepare(self) -> "GeneratorEvaluator":
+    def prepare(self) -> GeneratorEvaluator:
         """Read the reference once: captions, content key, cached (or computed) features, classifier."""
         if self.prepared:
             return self

@@ -20,8 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
-import torch.nn as nn
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -172,7 +171,7 @@ def cached_features(
     if path.is_file():
         try:
             return load_file(str(path))["features"], True
-        except Exception as err:  # a damaged file is recomputed, not fatal
+        except Exception as err:  # noqa: BLE001 - a damaged file is recomputed, not fatal
             print(f"[lit_edify.metrics] ignoring unreadable cache file {path}: {err}")
     feats = compute().float().contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)

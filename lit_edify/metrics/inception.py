@@ -20,8 +20,7 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn as nn
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "FEATURE_DIM",
@@ -144,7 +143,7 @@ class InceptionPool3(nn.Module):
             param.requires_grad_(False)
         super().train(False)
 
-    def train(self, mode: bool = True) -> "InceptionPool3":  # frozen feature extractor
+    def train(self, mode: bool = True) -> InceptionPool3:  # frozen feature extractor
         return super().train(False)
 
     def forward(self, x: Tensor) -> Tensor:
