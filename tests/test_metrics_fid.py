@@ -130,12 +130,15 @@ def test_reference_cache_hits_and_misses(tmp_path, sets):
 
 
 def test_evaluator_matches_direct_fid_and_uses_cache(tmp_path, inception, sets):
-    def generate(captions, *, aspect="1:1", seed=0, **_):  # a renderer that obeys the captions
-        assert aspect == "1:1"
+    calls = []
+
+    def generate(captions, *, aspect="1:1", seed=0, **kw):  # a renderer that obeys the captions
+        calls.append({"aspect": aspect, "seed": seed, **kw})
         return draw_shapes(captions, 64, seed=100 + seed)
 
-    ref = [{"image": sets["a"][:6], "caption": sets["caps_a"][:6]},
-           {"image": sets["a"][6:], "caption": sets["caps_a"][6:]}]
+    pitch = torch.arange(N) % 3  # conditioning carried by the reference batches reaches generate
+    ref = [{"image": sets["a"][:6], "caption": sets["caps_a"][:6], "pitch": pitch[:6]},
+           {"image": sets["a"][6:], "caption": sets["caps_a"][6:], "pitch": pitch[6:]}]
     kw = {"cache_dir": tmp_path, "kid_subsets": 10, "inception": inception}
     # the cache is keyed by image content: seed it with the fixture's features of set "a"
     cached_features(hash_images(sets["a"]), lambda: sets["feats"]["a"], tmp_path)
@@ -148,6 +151,7 @@ def test_evaluator_matches_direct_fid_and_uses_cache(tmp_path, inception, sets):
     assert out["fid"] == pytest.approx(fid_from_features(sets["feats"]["a"], extract_features(inception, fake)),
                                        rel=1e-4)
     assert set(out) == {"num_images", "fid", "kid_mean", "kid_std"} and out["num_images"] == 6
+    assert calls == [{"aspect": "1:1", "seed": 0, "pitch": [0, 1, 2, 0]}, {"aspect": "1:1", "seed": 1, "pitch": [1, 2]}]
     json.dumps(out)  # plain floats
 
     # a different reference set misses the cache; its features are computed and stored
@@ -230,3 +234,9 @@ def test_callback_logs_ema_metrics_to_tensorboard_and_json(tmp_path, tiny_base_k
     assert [r["stage"] for r in records] == ["val", "val", "test"]
     assert records[2]["fid"] == pytest.approx(rec["fid"], rel=1e-6)  # same weights, prompts, seeds
     assert "test/fid" in _scalars(trainer.log_dir)
+
+    # a CLIP checkpoint that does not exist fails at setup, before any validation work
+    bad = GenerationMetrics(clip_checkpoint=str(tmp_path / "missing.bin"), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="clip_checkpoint"):
+        L.Trainer(accelerator="cpu", logger=False, callbacks=[bad], enable_progress_bar=False).validate(
+            model, datamodule=dm)

@@ -81,6 +81,18 @@ def generate_batches(generate_fn: Callable, prompts: Sequence[str | dict], batch
     return out
 
 
+def _batch_prompts(batch: dict) -> list[dict]:
+    """Per-sample prompt dicts of a reference batch: caption plus the conditioning keys it carries."""
+    prompts = [{"caption": c} for c in batch["caption"]]
+    for key in (*_EXTRA_KEYS, "aspect"):
+        values = batch.get(key)
+        if values is None or len(values) != len(prompts):
+            continue
+        for p, v in zip(prompts, values):
+            p[key] = v if key == "aspect" else int(v)
+    return prompts
+
+
 def _shapes_judge() -> Callable:
     try:
         from data_modules.judge import adherence
@@ -126,6 +138,7 @@ class GeneratorEvaluator:
         self.inception = inception
         self.judge = _shapes_judge() if adherence == "shapes" else (adherence if callable(adherence) else None)
         self.reference_captions: list[str] = []
+        self.reference_prompts: list[dict] = []
         self.reference_features: Tensor | None = None
         self.reference_from_cache = False
         self.classifier: CaptionClassifier | None = None
@@ -146,8 +159,10 @@ class GeneratorEvaluator:
             # a one-shot iterator cannot be read twice (hash pass, then features on a cache miss)
             self.reference = list(iter_reference_batches(self.reference, self.num_reference, self.batch_size))
         hasher, small, captions = ImageHasher(), [], []
+        self.reference_prompts = []
         for batch in iter_reference_batches(self.reference, self.num_reference, self.batch_size):
             captions += batch["caption"]
+            self.reference_prompts += _batch_prompts(batch)
             if need_feats:
                 hasher.update(images_to_uint8(batch["image"]))
             if self.adherence == "classifier":
@@ -171,9 +186,10 @@ class GeneratorEvaluator:
         return self
 
     def default_prompts(self, n: int) -> list[dict]:
-        """The first ``n`` reference captions (cycled when the reference is smaller), as prompt dicts."""
+        """Prompts of the first ``n`` reference images (cycled when the reference is smaller): their caption,
+        and their pitch / dof / media_type / aspect when the reference batches carry them."""
         self.prepare()
-        return [{"caption": self.reference_captions[i % len(self.reference_captions)]} for i in range(n)]
+        return [dict(self.reference_prompts[i % len(self.reference_prompts)]) for i in range(n)]
 
     def score_batches(self, batches: list[tuple[list[int], Tensor]], prompts: Sequence[str | dict]) -> dict:
         """Metrics of generated images.
