@@ -78,3 +78,26 @@ def test_evaluator_classifier_adherence_separates_obeying_from_ignoring_generato
     assert good["classifier_accuracy"] > 0.85 and bad["classifier_accuracy"] < 0.35
     assert len(list(cache_dir.glob("classifier-*.safetensors"))) == 1
     assert good["classifier_real_accuracy"] == clf.heldout_accuracy
+
+
+def test_evaluator_shapes_judge_over_mixed_aspects():
+    from data_modules.shapes import ShapesDataset, evaluation_prompts
+
+    prompts = evaluation_prompts(n=8, seed=0, split="test", aspects=("1:1", "16:9"))
+    scenes = {p["caption"]: p["scene"] for p in prompts}
+    assert len(scenes) == len(prompts)
+
+    def renderer(captions, *, aspect="1:1", seed=0, **_):  # draws exactly the prompted scene
+        images = torch.stack([ShapesDataset.render(scenes[c], 32)["image"] for c in captions])
+        assert all(scenes[c].aspect == aspect for c in captions)
+        return images
+
+    def recolouring(captions, **kw):  # the right scenes with the colour channels rotated
+        return renderer(captions, **kw)[:, [1, 2, 0]]
+
+    ref = torch.zeros(2, 3, 32, 32)  # FID/KID are off: the reference set is not used
+    ev = GeneratorEvaluator(ref, fid=False, kid=False, adherence="shapes")
+    good = ev.evaluate(renderer, prompts, batch_size=3)
+    bad = ev.evaluate(recolouring, prompts, batch_size=3)
+    assert good["adherence/all"] == 1.0 and good["adherence/color"] == 1.0 and good["num_images"] == 8
+    assert bad["adherence/color"] < 0.5 and bad["adherence/shape"] == 1.0
