@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from lit_edify.nn.presets import TEXT_DIM, UNET_PRESETS, build_condition_embedder, build_unet, count_parameters
+from lit_edify.nn.presets import (
+    TEXT_DIM,
+    UNET_PRESETS,
+    build_condition_embedder,
+    build_unet,
+    count_parameters,
+)
 
 PAPER = {"base2.7b": 2.7e9, "upsampler1k1.6b": 1.6e9}
 

@@ -154,8 +154,9 @@ def main() -> None:
     args = ap.parse_args()
     # Import once in the parent so forked children share it (CUDA is only initialised in children).
     import diffusers.models  # noqa: F401
-    import lit_edify.nn.presets  # noqa: F401
     from diffusers import UNet2DConditionModel  # noqa: F401
+
+    import lit_edify.nn.presets  # noqa: F401
 
     print(f"device={args.device} bf16={args.bf16} channels_last={args.channels_last} "
           f"threads={args.threads} context_len={CONTEXT_LEN} timed steps: 64px {args.iters} "

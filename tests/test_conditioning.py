@@ -53,7 +53,7 @@ def test_encode_shapes_mask_and_padding(which, minilm, tiny_t5):
 def test_cache_avoids_reencoding_and_is_bounded(minilm):
     enc = TextEncoder.from_config(minilm.model.config, tokenizer=minilm.tokenizer, cache_size=2)
     calls = _count_calls(enc)
-    t1, m1 = enc.encode(["a cat", "a dog", "a cat"])
+    t1, _ = enc.encode(["a cat", "a dog", "a cat"])
     assert calls == [2]  # duplicate caption encoded once
     torch.testing.assert_close(t1[0], t1[2])
     t2, _ = enc.encode(["a dog", "a cat"])
@@ -100,7 +100,7 @@ def test_missing_model_gives_clear_error(tmp_path):
 
 
 def _labels(b, pitch=0, dof=1, media=2):
-    full = lambda v: torch.full((b,), v, dtype=torch.long)  # noqa: E731
+    full = lambda v: torch.full((b,), v, dtype=torch.long)
     return full(pitch), full(dof), full(media)
 
 

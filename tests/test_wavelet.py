@@ -3,7 +3,12 @@ import pytest
 import pywt
 import torch
 
-from lit_edify.nn.wavelet import PACKET_NODE_ORDER, HaarPacket2D, haar_packet, inverse_haar_packet
+from lit_edify.nn.wavelet import (
+    PACKET_NODE_ORDER,
+    HaarPacket2D,
+    haar_packet,
+    inverse_haar_packet,
+)
 
 
 def _pywt_packet(x: np.ndarray) -> np.ndarray:

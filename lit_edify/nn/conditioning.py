@@ -19,7 +19,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TextEncoder", "ConditionEmbedder"]
+__all__ = ["ConditionEmbedder", "TextEncoder"]
 
 _T5_TYPES = ("t5", "mt5", "umt5")
 
@@ -110,7 +110,7 @@ class TextEncoder(nn.Module):
     @classmethod
     def from_config(cls, config, tokenizer="minilm", max_length: int = 77,
                     dtype: torch.dtype | str | None = None, cache_size: int = 10_000,
-                    pad_to_max_length: bool = False) -> "TextEncoder":
+                    pad_to_max_length: bool = False) -> TextEncoder:
         """Randomly initialised encoder from a ``transformers`` config (for tests and benchmarks).
 
         ``tokenizer`` is a tokenizer object or a ``name_or_path`` as in ``__init__``; its vocabulary
@@ -149,7 +149,7 @@ class TextEncoder(nn.Module):
         for k, v in self.model.state_dict().items():
             state_dict.setdefault(prefix + "model." + k, v)
 
-    def train(self, mode: bool = True) -> "TextEncoder":
+    def train(self, mode: bool = True) -> TextEncoder:
         super().train(mode)
         self.model.eval()  # frozen: never dropout
         return self

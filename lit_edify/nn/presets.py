@@ -27,7 +27,7 @@ from torch import nn
 from lit_edify.nn.conditioning import ConditionEmbedder
 from lit_edify.nn.unet import EdifyUNet
 
-__all__ = ["UNET_PRESETS", "TEXT_DIM", "build_unet", "build_condition_embedder", "count_parameters"]
+__all__ = ["TEXT_DIM", "UNET_PRESETS", "build_condition_embedder", "build_unet", "count_parameters"]
 
 UNET_PRESETS: dict[str, dict] = {
     "tiny": dict(

@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lit_edify.nn.wavelet import haar_packet, inverse_haar_packet
 
-__all__ = ["EdifyUNet", "ResBlock", "Attention", "FourierEmbedding"]
+__all__ = ["Attention", "EdifyUNet", "FourierEmbedding", "ResBlock"]
 
 
 def _groups(channels: int, max_groups: int = 32, min_per_group: int = 4) -> int:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["haar_packet", "inverse_haar_packet", "HaarPacket2D", "PACKET_NODE_ORDER"]
+__all__ = ["PACKET_NODE_ORDER", "HaarPacket2D", "haar_packet", "inverse_haar_packet"]
 
 PACKET_NODE_ORDER = tuple(a + b for a in "ahvd" for b in "ahvd")
 
