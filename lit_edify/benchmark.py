@@ -33,7 +33,7 @@ import torch
 
 from lit_edify.diffusion.samplers import SOLVERS, nfe_per_step
 
-__all__ = ["count_calls", "expected_nfe", "main", "markdown_table", "run_grid"]
+__all__ = ["count_calls", "expected_nfe", "main", "markdown_table", "run_grid", "spread_prompts"]
 
 #: metric keys shown in the markdown table, in this order, when present in the records
 TABLE_METRICS = ("fid", "kid_mean", "classifier_accuracy", "adherence/all", "adherence/color", "adherence/shape",
@@ -229,6 +229,15 @@ def pick_adherence(mode: str, dm, captions: list[str]) -> str | None:
     return "classifier" if 2 <= distinct <= 200 and distinct * 2 <= len(captions) else None
 
 
+def spread_prompts(reference_prompts: list[dict], n: int) -> list[dict]:
+    """``n`` prompts taken evenly over the reference's (a loader sorted by class then gives every class its
+    share when ``n`` is smaller than the reference), cycled when ``n`` is larger."""
+    m = len(reference_prompts)
+    if m == 0:
+        raise ValueError("the reference set has no prompts")
+    return [dict(reference_prompts[(i * m) // n if n <= m else i % m]) for i in range(n)]
+
+
 def main(argv: list[str] | None = None) -> int:
     """``lit-edify benchmark``; returns the exit code."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -269,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
         prompts = evaluation_prompts(n=a.num_images, seed=a.seed, split="test")
     else:
-        prompts = evaluator.default_prompts(a.num_images)
+        prompts = spread_prompts(evaluator.reference_prompts, a.num_images)
 
     def make_generate(solver: str, steps: int):
         def generate(caps, **kw):

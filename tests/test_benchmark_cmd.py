@@ -78,3 +78,12 @@ def test_markdown_table_formats_metrics():
     assert lines[0] == "| solver | steps | NFE | s / image | FID | KID x1e3 | classifier acc. |"
     assert lines[2] == "| ddim | 8 | 8 | 0.5000 | 12.35 | 4.20 | 75.0% |"
     assert lines[3] == "| heun | 4 | 7 | 0.2500 | - | - | - |"
+
+
+def test_spread_prompts_takes_every_class_from_a_sorted_reference():
+    from lit_edify.benchmark import spread_prompts
+
+    ref = [{"caption": c} for c in ["a"] * 4 + ["b"] * 4 + ["c"] * 4]
+    assert [p["caption"] for p in spread_prompts(ref, 3)] == ["a", "b", "c"]
+    assert [p["caption"] for p in spread_prompts(ref, 6)] == ["a", "a", "b", "b", "c", "c"]
+    assert len(spread_prompts(ref, 30)) == 30 and spread_prompts(ref, 13)[12] == {"caption": "a"}
