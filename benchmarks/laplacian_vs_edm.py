@@ -55,8 +55,8 @@ from lit_edify.modules.base import BaseModel  # noqa: E402
 from lit_edify.modules.upsampler import Upsampler  # noqa: E402
 
 OUT = ROOT / "runs" / "laplacian_vs_edm"
-COMMON = dict(unet="tiny", text_encoder="minilm", max_text_length=32, sigma_min=0.002, lr=2e-3, weight_decay=0.0,
-              warmup_steps=100, sample_solver="dpmpp_2m")
+COMMON = {"unet": "tiny", "text_encoder": "minilm", "max_text_length": 32, "sigma_min": 0.002, "lr": 2e-3,
+          "weight_decay": 0.0, "warmup_steps": 100, "sample_solver": "dpmpp_2m"}
 
 
 # ------------------------------------------------------------------------------------------------ data

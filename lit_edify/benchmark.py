@@ -97,7 +97,7 @@ def run_grid(make_generate: Callable[[str, int], Callable], evaluator, prompts: 
             progress.reset(inner, total=len(prompts), description=f"{solver} {steps} steps: sampling")
         generate = make_generate(solver, steps)
 
-        def tracked(captions, **kw):
+        def tracked(captions, generate=generate, **kw):
             images = generate(captions, **kw)
             if progress:
                 progress.advance(inner, len(captions))

@@ -54,7 +54,7 @@ def test_benchmark_writes_one_record_per_solver_and_steps(ckpt, tmp_path, capsys
     md = (out / "benchmark.md").read_text()
     for (solver, steps), n in nfe.items():
         assert f"| {solver} | {steps} | {n} | " in md
-    assert len([line for line in md.splitlines() if line.startswith("| heun") or line.startswith("| dpmpp")]) == 4
+    assert len([line for line in md.splitlines() if line.startswith(("| heun", "| dpmpp"))]) == 4
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1].startswith("benchmark: best_fid=")
     best = min(records, key=lambda r: r["fid"])
