@@ -46,8 +46,15 @@ def _inputs(b=2, h=64, w=64, length=6, seed=0):
 
 def test_tiny_preset_is_a_few_million_parameters():
     model = build_unet("tiny")
-    assert 1e6 < count_parameters(model) < 5e6
+    assert 1e6 < count_parameters(model) < 10e6
     assert model.resolution_multiple == 16
+
+
+@pytest.mark.parametrize("preset", sorted(UNET_PRESETS))
+def test_first_level_is_not_a_bottleneck(preset):
+    # the first conv sees 16 wavelet channels per image channel; a narrower first level cannot carry pixel detail
+    kw = UNET_PRESETS[preset]
+    assert kw["model_channels"] * kw["channel_mult"][0] >= 16 * kw["in_channels"]
 
 
 def test_fresh_model_outputs_zero():

@@ -8,7 +8,7 @@ encoder, 4096-d tokens, is excluded); ``benchmarks/model_sizes.py`` prints them:
 ================  ==========  ===========  ==========================================
 preset            parameters  resolution   use
 ================  ==========  ===========  ==========================================
-tiny              2.4 M       64 px        CPU recipes and tests (MiniLM text, 384-d)
+tiny              6.2 M       64 px        CPU recipes and tests (MiniLM text, 384-d)
 small100m         97 M        256 px       throughput benchmark, small GPU runs
 base2.7b          2.76 B      256 px       paper base model (T5-XXL text)
 upsampler1k1.6b   1.60 B      1024 px      paper 1K upsampler (T5-XXL text)
@@ -30,8 +30,9 @@ from lit_edify.nn.unet import EdifyUNet
 __all__ = ["TEXT_DIM", "UNET_PRESETS", "build_condition_embedder", "build_unet", "count_parameters"]
 
 UNET_PRESETS: dict[str, dict] = {
+    # level 0 is 64 wide: at least the 48 wavelet channels, or fine detail is lost in a bottleneck
     "tiny": dict(
-        in_channels=3, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=2,
+        in_channels=3, model_channels=64, channel_mult=(1, 1, 2), num_res_blocks=2,
         attention_levels=(1, 2), context_dim=128, head_dim=32, dropout=0.0, pos_embed_size=16,
     ),
     "small100m": dict(
