@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -102,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
                 "--trainer.logger.init_args.save_dir", str(out), "--trainer.max_time", max_time]
         if a.max_steps:
             args += ["--trainer.max_steps", str(a.max_steps)]
-        cli = build_cli(args)
+        argv, sys.argv = sys.argv, sys.argv[:1]  # the fit arguments come from `args`, not the quickstart's own
+        try:
+            cli = build_cli(args)
+        finally:
+            sys.argv = argv
         model = cli.model  # the EMA callback copied the averaged weights in at the end of training
     model = model.cpu().eval()
     t1 = time.time()
