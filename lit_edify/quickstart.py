@@ -27,7 +27,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="lit-edify quickstart", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(RECIPE), help="recipe to train (default: the tiny shapes recipe)")
     p.add_argument("--out", default="runs/quickstart")
-    p.add_argument("--minutes", type=float, default=10.0, help="training time budget")
+    p.add_argument("--minutes", type=float, default=12.0, help="training time budget")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the recipe's)")
@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             sys.argv = argv
         model = cli.model  # the EMA callback copied the averaged weights in at the end of training
+        final = Path(cli.trainer.log_dir or out) / "checkpoints" / "final.ckpt"
+        cli.trainer.save_checkpoint(final)
+        print(f"final weights (EMA): {final}  (evaluate again with `lit-edify quickstart --ckpt {final}`)")
     model = model.cpu().eval()
     t1 = time.time()
     report = evaluate(model, a.num_prompts, out, a.steps, a.guidance)
