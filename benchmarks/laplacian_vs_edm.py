@@ -17,8 +17,10 @@ Methods (every network is the ``tiny`` U-Net preset, ``pos_embed_size = resoluti
   (its sigma_max = cutoff). Sampling is the switch plan: 16 px from sigma 80 down to cutoff / 2, the
   resolution switch (Eq. 6-10), then 32 px from ``cutoff`` to 0.
 
-Training: both methods get the same CPU time (``time.process_time``: all threads of this process, not wall
-time, so a shared machine does not bias the comparison); the Laplacian budget is split between its two
+Training: both methods get the same CPU time (``time.process_time``: all threads of the training process, not
+wall time, so a shared machine does not bias the comparison). By default each method trains in its own
+process with one thread, both at once (on 2 cores the tiny U-Net gains little from a second thread, and
+process CPU clocks are independent); ``--no-parallel`` trains them one after the other. The Laplacian budget is split between its two
 stages in proportion to their denoiser evaluations at sampling time (``--nfe-low`` of ``--nfe``: 16 of 32
 by default, i.e. half / half). AdamW as in the tiny recipe (lr 2e-3, 100 warm-up steps), batch 32, EMA with
 a half-life of 10k images (ramp-up 0.1 x images seen); the EMA weights are evaluated and saved.
@@ -191,6 +193,25 @@ def train_cpu_budget(module, images: torch.Tensor, captions: list[str], cpu_seco
             "wall_s": time.perf_counter() - wall0, "loss_last100": sum(losses[-100:]) / max(1, len(losses[-100:]))}
 
 
+CKPT_NAMES = {"edm": "edm32.ckpt", "low": "lap16.ckpt", "up": "lap32.ckpt"}
+LABELS = {"edm": "EDM 32px", "low": "Laplacian 16px", "up": "Laplacian 32px"}
+
+
+def train_job(stages: list[tuple[str, float, int]], train_dir: str, num_train: int, out: str, guidance: float,
+              cutoff: float, threads: int, data=None) -> dict:
+    """Train the (key, cpu_seconds, factor) stages one after the other in this process and save each checkpoint
+    to ``out/CKPT_NAMES[key]``; runs in a worker process (data loaded from the cache) or inline. Returns stats."""
+    torch.set_num_threads(threads)
+    train_u8, train_caps = data or load_images(Path(train_dir), num_train, Path(out) / "cache")
+    stats = {}
+    for key, seconds, factor in stages:
+        torch.manual_seed(0)
+        model = upsampler_model(cutoff, guidance) if key == "up" else edm_model(32 // factor, guidance)
+        stats[key] = train_cpu_budget(model, train_u8, train_caps, seconds, factor=factor, label=LABELS[key])
+        save_ckpt(model, Path(out) / CKPT_NAMES[key])
+    return stats
+
+
 # ------------------------------------------------------------------------------------------------ sampling
 def edm_generate(model, nfe: int, solver: str, guidance: float):
     """``generate_fn`` for the evaluator: ``nfe`` steps of a first-/multistep solver at 32 px."""
@@ -233,7 +254,10 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--num-reference", type=int, default=1000, help="real test images (FID / KID reference)")
     p.add_argument("--num-train", type=int, default=20000)
     p.add_argument("--batch-size", type=int, default=50, help="images per sampling call")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads for evaluation")
+    p.add_argument("--train-threads", type=int, default=1, help="torch threads of each training process")
+    p.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=True,
+                   help="train the two methods concurrently, one process each (each has its own CPU clock)")
     p.add_argument("--reuse", action="store_true", help="load the saved checkpoints instead of training")
     p.add_argument("--out", default=str(OUT))
     return p.parse_args(argv)
@@ -257,9 +281,10 @@ def main(argv=None) -> dict:
     ref_u8, ref_caps = load_images(test_dir, a.num_reference, out / "cache")
     budget = 60.0 * a.budget_cpu_min
     share_low = a.nfe_low / a.nfe
-    paths = {"edm": out / "edm32.ckpt", "low": out / "lap16.ckpt", "up": out / "lap32.ckpt"}
+    paths = {k: out / name for k, name in CKPT_NAMES.items()}
     stats_path = out / "train_stats.json"
-    print(f"budget: {a.budget_cpu_min:g} CPU-min per method (process CPU time, {a.threads} threads); Laplacian "
+    print(f"budget: {a.budget_cpu_min:g} CPU-min per method (process CPU time, {a.train_threads} thread(s) per "
+          f"training process, {'both methods concurrently' if a.parallel else 'one after the other'}); Laplacian "
           f"split {share_low:.0%} to the 16 px stage, {1 - share_low:.0%} to the 32 px stage (its share of NFE)",
           flush=True)
     if a.reuse and all(p.is_file() for p in paths.values()) and stats_path.is_file():
@@ -270,19 +295,26 @@ def main(argv=None) -> dict:
         train_u8, train_caps = load_images(train_dir, a.num_train, out / "cache")
         print(f"data: {len(train_u8)} training images, {len(ref_u8)} reference test images, "
               f"{len(set(train_caps))} classes", flush=True)
-        torch.manual_seed(0)
-        models = {"edm": edm_model(32, a.guidance), "low": edm_model(16, a.guidance),
-                  "up": upsampler_model(a.cutoff, a.guidance)}
-        stats = {"budget_cpu_s": budget,
-                 "edm": train_cpu_budget(models["edm"], train_u8, train_caps, budget, label="EDM 32px"),
-                 "low": train_cpu_budget(models["low"], train_u8, train_caps, budget * share_low, factor=2,
-                                         label="Laplacian 16px"),
-                 "up": train_cpu_budget(models["up"], train_u8, train_caps, budget * (1 - share_low),
-                                        label="Laplacian 32px")}
-        for k, p in paths.items():
-            save_ckpt(models[k], p)
+        jobs = {"edm": [("edm", budget, 1)], "lap": [("low", budget * share_low, 2), ("up", budget * (1 - share_low), 1)]}
+        stats = {"budget_cpu_s": budget, "train_threads": a.train_threads}
+        if a.parallel:  # one process per method, each with its own CPU clock and train_threads threads
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            del train_u8
+            with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = [pool.submit(train_job, js, str(train_dir), a.num_train, str(out), a.guidance, a.cutoff,
+                                       a.train_threads) for js in jobs.values()]
+                for f in futures:
+                    stats.update(f.result())
+        else:
+            torch.set_num_threads(a.train_threads)
+            for js in jobs.values():
+                stats.update(train_job(js, str(train_dir), a.num_train, str(out), a.guidance, a.cutoff,
+                                       a.train_threads, (train_u8, train_caps)))
+            torch.set_num_threads(a.threads)
+        models = {k: load_module(p) for k, p in paths.items()}
         stats_path.write_text(json.dumps(stats, indent=1))
-        del train_u8
     for k, name in (("edm", "EDM 32 px"), ("low", "Laplacian 16 px stage"), ("up", "Laplacian 32 px stage")):
         s = stats[k]
         print(f"trained {name}: {s['steps']} steps ({s['images']} images) in {s['cpu_s']:.0f} CPU s / "
