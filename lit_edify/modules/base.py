@@ -11,7 +11,8 @@ class BaseModel(LaplacianDiffusionMixin, L.LightningModule):
 
     Its own schedule attenuates the detail band above ``band_factors[0]`` between ``band_starts`` and
     ``band_cutoffs`` (one network for the whole interval, Sec. 2.2.2). Defaults are the tiny CPU model;
-    ``recipes/base256.yaml`` sets the paper-scale values (2.7B U-Net, T5-XXL, 256 px).
+    ``recipes/base256.yaml`` sets the paper-scale values (2.7B U-Net, T5-XXL, 256 px). Image sides are
+    multiples of ``bucket_multiple`` (default: the U-Net's own multiple).
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class BaseModel(LaplacianDiffusionMixin, L.LightningModule):
         sample_steps: int = 32,
         sample_solver: str = "dpmpp_2m",
         guidance: float = 3.0,
+        bucket_multiple: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -53,4 +55,4 @@ class BaseModel(LaplacianDiffusionMixin, L.LightningModule):
             band_starts=band_starts, schedule_shape=schedule_shape, sigma_min=sigma_min, sigma_max=sigma_max,
             p_mean=p_mean, p_std=p_std, sigma_data=sigma_data, p_drop_text=p_drop_text,
             p_drop_camera=p_drop_camera, p_drop_media=p_drop_media, num_pitch=num_pitch, num_dof=num_dof,
-            num_media=num_media)
+            num_media=num_media, bucket_multiple=bucket_multiple)

@@ -6,14 +6,13 @@ switch (switch plan) or by forward-diffusing the upsampled base sample at sigma_
 """
 from __future__ import annotations
 
-import lightning as L
 import torch
 
 from lit_edify.diffusion.laplacian import down
 from lit_edify.diffusion.plans import sample_plan
 from lit_edify.nn.presets import UNET_PRESETS
 
-from .mixin import LaplacianDiffusionMixin
+from .base import BaseModel
 
 
 def build_multiple(unet: str, overrides: dict | None) -> int:
@@ -22,55 +21,33 @@ def build_multiple(unet: str, overrides: dict | None) -> int:
     return 4 * 2 ** (len(mult) - 1)
 
 
-class Upsampler(LaplacianDiffusionMixin, L.LightningModule):
-    """Upsampler stage. Its aspect-bucket shapes are exactly ``factor`` x the base model's (image sides are
-    multiples of ``factor`` x the U-Net multiple), so base and upsampler chain for all five aspect ratios.
-    Defaults: the tiny CPU model (64 px, 2x the tiny base); ``recipes/upsampler1k.yaml``
-    sets the paper-scale values (1.6B U-Net, 1024 px, factor 4)."""
+class Upsampler(BaseModel):
+    """Upsampler stage: a BaseModel at ``factor`` x the base resolution with its own (smaller) noise range.
+
+    Its aspect-bucket shapes are exactly ``factor`` x the base model's (image sides are multiples of
+    ``factor`` x the U-Net multiple), so base and upsampler chain for all five aspect ratios. Only the
+    arguments that differ from :class:`BaseModel` are listed; every other BaseModel argument is accepted.
+    Defaults: the tiny CPU model (64 px, 2x the tiny base); ``recipes/upsampler1k.yaml`` sets the
+    paper-scale values (1.6B U-Net, 1024 px, factor 4, sigma range [0.002, 4]).
+    """
 
     def __init__(
         self,
-        unet: str = "tiny",
-        unet_overrides: dict | None = None,
-        text_encoder: str = "minilm",
-        max_text_length: int = 77,
-        context_dim: int | None = None,
-        resolution: int = 64,
         factor: int = 2,
-        band_factors: list[int] = (2,),
+        resolution: int = 64,
         band_cutoffs: list[float] = (2.0,),
         band_starts: list[float] | None = (0.25,),
-        schedule_shape: str = "cosine",
-        sigma_min: float = 0.002,
         sigma_max: float = 2.0,
         p_mean: float = -1.0,
-        p_std: float = 1.2,
-        sigma_data: float = 0.5,
-        p_drop_text: float = 0.1,
-        p_drop_camera: float = 0.1,
-        p_drop_media: float = 0.1,
-        num_pitch: int = 3,
-        num_dof: int = 2,
-        num_media: int = 4,
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.99),
-        weight_decay: float = 0.01,
-        warmup_steps: int = 1000,
-        sample_steps: int = 32,
-        sample_solver: str = "dpmpp_2m",
         guidance: float = 1.0,
+        **kwargs,
     ):
-        super().__init__()
-        self.save_hyperparameters()
         if resolution % factor:
             raise ValueError(f"resolution {resolution} is not divisible by factor {factor}")
-        self.init_diffusion(
-            unet=unet, unet_overrides=unet_overrides, text_encoder=text_encoder, max_text_length=max_text_length,
-            context_dim=context_dim, resolution=resolution, band_factors=band_factors, band_cutoffs=band_cutoffs,
-            band_starts=band_starts, schedule_shape=schedule_shape, sigma_min=sigma_min, sigma_max=sigma_max,
-            p_mean=p_mean, p_std=p_std, sigma_data=sigma_data, p_drop_text=p_drop_text,
-            p_drop_camera=p_drop_camera, p_drop_media=p_drop_media, num_pitch=num_pitch, num_dof=num_dof,
-            num_media=num_media, bucket_multiple=factor * build_multiple(unet, unet_overrides))
+        if kwargs.get("bucket_multiple") is None:
+            kwargs["bucket_multiple"] = factor * build_multiple(kwargs.get("unet", "tiny"), kwargs.get("unet_overrides"))
+        super().__init__(resolution=resolution, band_cutoffs=band_cutoffs, band_starts=band_starts,
+                         sigma_max=sigma_max, p_mean=p_mean, guidance=guidance, **kwargs)
 
     @torch.no_grad()
     def upsample(self, low_res: torch.Tensor, captions: list[str], *, pitch=None, dof=None, media_type=None,
