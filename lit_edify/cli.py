@@ -76,7 +76,6 @@ def sample_parser() -> argparse.ArgumentParser:
 
 def sample_main(argv: list[str]) -> int:
     """``lit-edify sample``: writes one PNG per prompt plus a grid into --out."""
-    import torch
     from rich.progress import track
     from torchvision.utils import save_image
 

@@ -9,7 +9,6 @@ import math
 from functools import lru_cache
 
 import pytest
-import torch
 
 from lit_edify.diffusion.gaussian import GaussianDenoiser, downsampled, plan_output_moments, smooth_gaussian
 from lit_edify.diffusion.laplacian import LaplacianSchedule
