@@ -10,15 +10,8 @@ import torch
 
 from lit_edify.diffusion.laplacian import down
 from lit_edify.diffusion.plans import sample_plan
-from lit_edify.nn.presets import UNET_PRESETS
 
 from .base import BaseModel
-
-
-def build_multiple(unet: str, overrides: dict | None) -> int:
-    """The U-Net's own side multiple, 4 * 2**(levels - 1), from its preset and overrides."""
-    mult = (overrides or {}).get("channel_mult", UNET_PRESETS.get(unet, {}).get("channel_mult", (1,)))
-    return 4 * 2 ** (len(mult) - 1)
 
 
 class Upsampler(BaseModel):
@@ -44,10 +37,10 @@ class Upsampler(BaseModel):
     ):
         if resolution % factor:
             raise ValueError(f"resolution {resolution} is not divisible by factor {factor}")
-        if kwargs.get("bucket_multiple") is None:
-            kwargs["bucket_multiple"] = factor * build_multiple(kwargs.get("unet", "tiny"), kwargs.get("unet_overrides"))
         super().__init__(resolution=resolution, band_cutoffs=band_cutoffs, band_starts=band_starts,
                          sigma_max=sigma_max, p_mean=p_mean, guidance=guidance, **kwargs)
+        if kwargs.get("bucket_multiple") is None:  # factor x the U-Net's multiple: exactly factor x the base buckets
+            self.resolution_multiple = factor * self.net.resolution_multiple
 
     @torch.no_grad()
     def upsample(self, low_res: torch.Tensor, captions: list[str], *, pitch=None, dof=None, media_type=None,
