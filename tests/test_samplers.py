@@ -108,6 +108,29 @@ def test_cfg_combines_both_branches_in_one_call():
     assert torch.allclose(CFGDenoiser(denoiser, cond, uncond, 1.0)(x, sigma), 2 * x)
 
 
+def test_cfg_interval_guides_only_inside_and_skips_the_unconditional_branch_outside():
+    calls = []
+
+    def denoiser(x, sigma, ctx):
+        calls.append(x.shape[0])
+        return x * ctx.view(-1, 1, 1, 1)
+
+    x = torch.randn(3, 1, 4, 4)
+    cond, uncond = {"ctx": torch.full((3,), 2.0)}, {"ctx": torch.full((3,), 0.5)}
+    cfg = CFGDenoiser(denoiser, cond, uncond, 3.0, interval=(0.5, 2.0))
+    guided = 0.5 * x + 3.0 * (2.0 * x - 0.5 * x)
+    assert torch.allclose(cfg(x, torch.full((3,), 1.0)), guided)
+    assert calls == [6]
+    for outside in (0.1, 5.0):                       # below and above: D_c only, one half-size call
+        assert torch.equal(cfg(x, torch.full((3,), outside)), 2.0 * x)
+    assert calls == [6, 3, 3]
+    mixed = cfg(x, torch.tensor([0.1, 1.0, 5.0]))    # per-sample: only the middle one is guided
+    assert torch.allclose(mixed[1], guided[1]) and torch.allclose(mixed[0], 2 * x[0])
+    assert torch.allclose(mixed[2], 2 * x[2])
+    with pytest.raises(ValueError, match="interval"):
+        CFGDenoiser(denoiser, cond, uncond, 3.0, interval=(2.0, 1.0))
+
+
 def test_plans_reject_a_stage_entered_above_its_range():
     ident = lambda x, s: x  # noqa: E731
     lo = Stage(ident, LaplacianSchedule(), 0.002, 80.0, 4)

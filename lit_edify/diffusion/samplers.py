@@ -185,15 +185,25 @@ class CFGDenoiser:
 
     ``cond`` and ``uncond`` are dicts of tensors with a leading batch dim (B, ...); the conditional
     and unconditional inputs are concatenated along the batch. ``scale = 1`` skips the unconditional
-    branch. Call as ``CFGDenoiser(denoiser, cond, uncond, scale)(x, sigma)``.
+    branch. ``interval = (lo, hi)`` applies guidance only for ``lo <= sigma <= hi`` (Kynkaanniemi et al.
+    2024, "guidance in a limited interval"); outside it D = D_c and, when no sample of the batch is inside,
+    the unconditional branch is not evaluated. Call as ``CFGDenoiser(denoiser, cond, uncond, scale)(x, sigma)``.
     """
 
-    def __init__(self, denoiser: Callable, cond: dict, uncond: dict, scale: float):
+    def __init__(self, denoiser: Callable, cond: dict, uncond: dict, scale: float,
+                 interval: tuple[float, float] | None = None):
+        if interval is not None and not 0 <= interval[0] < interval[1]:
+            raise ValueError(f"guidance interval must be (lo, hi) with 0 <= lo < hi, got {interval}")
         self.denoiser, self.cond, self.uncond, self.scale = denoiser, cond, uncond, scale
+        self.interval = interval
 
     def __call__(self, x: Tensor, sigma: Tensor, **_) -> Tensor:
-        if self.scale == 1.0:
+        inside = torch.ones_like(sigma, dtype=torch.bool)
+        if self.interval is not None:
+            inside = (sigma >= self.interval[0]) & (sigma <= self.interval[1])
+        if self.scale == 1.0 or not bool(inside.any()):
             return self.denoiser(x, sigma, **self.cond)
         both = {k: torch.cat([self.uncond[k], self.cond[k]]) for k in self.cond}
         d_u, d_c = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), **both).chunk(2)
-        return d_u + self.scale * (d_c - d_u)
+        scale = torch.where(inside, self.scale, 1.0).to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
+        return d_u + scale * (d_c - d_u)
