@@ -53,6 +53,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from lit_edify.benchmark import markdown_table, run_grid  # noqa: E402
 from lit_edify.diffusion.laplacian import down  # noqa: E402
+from lit_edify.io import atomic_save  # noqa: E402
 from lit_edify.modules.base import BaseModel  # noqa: E402
 from lit_edify.modules.upsampler import Upsampler  # noqa: E402
 
@@ -108,7 +109,7 @@ def load_images(folder: Path, limit: int | None = None, cache_dir: Path | None =
     out = torch.cat(images), captions
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"images": out[0], "captions": out[1]}, cache)
+        atomic_save({"images": out[0], "captions": out[1]}, cache)
     return out
 
 
@@ -141,8 +142,8 @@ def upsampler_model(cutoff: float, guidance: float = 2.0) -> Upsampler:
 def save_ckpt(module, path: Path) -> None:
     """The fields ``load_module`` reads: class, hyper-parameters and (EMA) weights."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"lit_edify_class": f"{type(module).__module__}.{type(module).__qualname__}",
-                "hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+    atomic_save({"lit_edify_class": f"{type(module).__module__}.{type(module).__qualname__}",
+                 "hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
 
 
 def train_cpu_budget(module, images: torch.Tensor, captions: list[str], cpu_seconds: float, *, factor: int = 1,

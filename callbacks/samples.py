@@ -12,9 +12,10 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
 from lit_edify.diffusion.laplacian import down, up
+from lit_edify.io import save_image_atomic, write_text_atomic
 
 
 def default_prompts(n: int) -> list[dict]:
@@ -86,8 +87,8 @@ class SampleGrid(Callback):
         out = Path(self.out_dir or Path(trainer.log_dir or trainer.default_root_dir) / "samples")
         out.mkdir(parents=True, exist_ok=True)
         self.last_path = out / f"step_{trainer.global_step:07d}.png"
-        save_image(grid, self.last_path)
-        self.last_path.with_suffix(".txt").write_text("\n".join(captions) + "\n")
+        save_image_atomic(grid, self.last_path)  # atomic: a crash never leaves a half-written grid
+        write_text_atomic(self.last_path.with_suffix(".txt"), "\n".join(captions) + "\n")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("samples", grid, trainer.global_step)

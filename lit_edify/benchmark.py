@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from lit_edify.diffusion.samplers import SOLVERS, nfe_per_step
+from lit_edify.io import write_text_atomic
 
 __all__ = ["count_calls", "expected_nfe", "main", "markdown_table", "run_grid", "spread_prompts"]
 
@@ -161,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lit-edify benchmark", description=__doc__.split("\n\n")[0],
         epilog="Unknown --data.* / --model.* / --trainer.* options go to the recipe parser (as for `lit-edify fit`).")
     p.add_argument("--config", action="append", required=True, help="recipe YAML (repeat to compose, as for fit)")
-    p.add_argument("--ckpt", required=True, help="checkpoint of a single-stage model (BaseModel) to benchmark")
+    p.add_argument("--ckpt", required=True, help="checkpoint (.ckpt or exported .safetensors) of a single-stage "
+                   "model (BaseModel) to benchmark")
     p.add_argument("--solvers", type=lambda s: parse_list(s), default=["dpmpp_2m", "ddim", "heun", "euler"])
     p.add_argument("--steps", type=lambda s: parse_list(s, int), default=[8, 16, 32])
     p.add_argument("--num-images", type=int, default=256, help="generated images per (solver, steps)")
@@ -298,11 +300,11 @@ def main(argv: list[str] | None = None) -> int:
               "guidance": guidance, "adherence": adherence, "seed": a.seed, "device": a.device,
               "records": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
                           for r in records]}
-    (out / "benchmark.json").write_text(json.dumps(report, indent=1))
+    write_text_atomic(out / "benchmark.json", json.dumps(report, indent=1))
     table = markdown_table(records)
     header = (f"Benchmark of {a.ckpt}: {a.num_images} images per row, {report['num_reference']} reference images "
               f"({a.split} split), guidance {guidance}, adherence {adherence or 'none'}.")
-    (out / "benchmark.md").write_text(header + "\n\n" + table + "\n")
+    write_text_atomic(out / "benchmark.md", header + "\n\n" + table + "\n")
     print(header + "\n\n" + table + "\n")
     print(f"wrote {out / 'benchmark.json'} and {out / 'benchmark.md'}")
     scored = [r for r in records if r.get("fid") is not None and math.isfinite(r["fid"])]
