@@ -6,7 +6,8 @@ average does not depend on how the batch is split. As in EDM, an optional ramp-u
 half-life to ``rampup_ratio * images_seen`` early in training. WeightAveraging swaps the EMA weights
 in for validation (and so for the metric and sample callbacks that run there), copies them into the
 model when training ends, and stores them as the checkpoint's ``state_dict`` (the raw weights go to
-``current_model_state``), so resuming restores both.
+``current_model_state``), so resuming restores both. A step whose update the non-finite guard
+(callbacks.nonfinite) skipped leaves the average and ``images_seen`` unchanged.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
+
+from callbacks.nonfinite import step_skipped
 
 
 class EMA(WeightAveraging):
@@ -47,6 +50,9 @@ class EMA(WeightAveraging):
         torch._foreach_lerp_(averaged, current, 1.0 - self._beta)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step > self._latest_update_step and step_skipped(trainer):
+            self._latest_update_step = trainer.global_step  # no weight update this step: no EMA update either
+            return
         if trainer.global_step > self._latest_update_step:
             local = batch["image"].shape[0] if isinstance(batch, dict) else len(batch)
             per_step = local * trainer.world_size * trainer.accumulate_grad_batches

@@ -87,7 +87,7 @@ class TextEncoder(nn.Module):
             directory or a hub name already in the local cache (loaded with ``local_files_only``).
             T5-family configs load as ``T5EncoderModel``, others with ``AutoModel``.
         max_length: token limit per caption (512 for T5-XXL at paper scale); longer captions are
-            truncated with a warning.
+            truncated with a warning (during training: counted, see :meth:`count_truncations`).
         dtype: weight dtype of the encoder (e.g. ``torch.bfloat16`` or ``"bfloat16"``); None keeps
             the checkpoint default.
         cache_size: captions kept in the LRU cache (CPU memory, trimmed to their real length, in the
@@ -137,6 +137,8 @@ class TextEncoder(nn.Module):
         #: embedding size D of the returned tokens
         self.dim = int(getattr(cfg, "d_model", None) or cfg.hidden_size)
         self._cache: OrderedDict[str, Tensor] = OrderedDict()
+        self._counting, self._warned_counting = False, False
+        self._truncations, self._example = 0, None
         self.register_state_dict_post_hook(self._drop_encoder_weights)
         self.register_load_state_dict_pre_hook(self._keep_encoder_weights)
 
@@ -158,17 +160,36 @@ class TextEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def count_truncations(self, on: bool = True) -> None:
+        """Training mode of the truncation warning: when on, truncated captions are counted (read them with
+        :meth:`pop_truncations`) and only the first one warns; off (the default) every truncated caption warns."""
+        self._counting = on
+        self._truncations, self._example = 0, None
+
+    def pop_truncations(self) -> tuple[int, str | None]:
+        """(number of captions truncated since the last call, one of them) while counting; resets the count."""
+        out = (self._truncations, self._example)
+        self._truncations, self._example = 0, None
+        return out
+
+    def _truncated(self, caption: str, n: int) -> None:
+        short = caption if len(caption) <= 60 else caption[:57] + "..."
+        advice = "Shorten the prompt or raise TextEncoder max_length (512 for T5-XXL at paper scale)."
+        if self._counting:
+            self._truncations += 1
+            self._example = self._example or short
+            if self._warned_counting:
+                return
+            self._warned_counting = True
+            advice += " Further truncated training captions are counted and reported once per epoch."
+        warnings.warn(f"Caption truncated from {n} to {self.max_length} tokens: {short!r}. {advice}", stacklevel=5)
+
     @torch.no_grad()
     def _encode_uncached(self, captions: list[str]) -> list[Tensor]:
         lengths = [len(ids) for ids in self.tokenizer(captions, truncation=False)["input_ids"]]
         for caption, n in zip(captions, lengths):
             if n > self.max_length:
-                short = caption if len(caption) <= 60 else caption[:57] + "..."
-                warnings.warn(
-                    f"Caption truncated from {n} to {self.max_length} tokens: {short!r}. Shorten "
-                    "the prompt or raise TextEncoder max_length (512 for T5-XXL at paper scale).",
-                    stacklevel=4,
-                )
+                self._truncated(caption, n)
         batch = self.tokenizer(captions, padding="longest", truncation=True,
                                max_length=self.max_length, return_tensors="pt")
         ids = batch["input_ids"].to(self.device)
