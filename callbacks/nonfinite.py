@@ -8,7 +8,7 @@ asks :func:`step_skipped` and leaves the average alone on such a step. As with L
 (``training_step`` returning None), the batch still counts as a step of the loop (``global_step``, the LR
 schedule). Skips are counted and logged as ``train/nonfinite_skipped``; ``max_consecutive`` skips in a
 row stop training with :class:`NonFiniteTrainingError`, before any further checkpoint is written, so the
-last checkpoint holds the last good weights.
+last checkpoint holds the last good weights; a checkpoint whose weights are non-finite is never written.
 """
 from __future__ import annotations
 
@@ -89,6 +89,16 @@ class NonFiniteGuard(Callback):
                 f"({self.total} in all); training stopped and the weights of the last checkpoint are the last good "
                 "ones. Lower the learning rate (--model.init_args.lr), add gradient clipping "
                 "(--trainer.gradient_clip_val 1.0) or check the data for NaN / inf values")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        """Never write a checkpoint with non-finite weights (e.g. an overflowing update from finite gradients)."""
+        for key in ("state_dict", "current_model_state"):
+            tensors = [v for v in checkpoint.get(key, {}).values() if torch.is_tensor(v) and v.is_floating_point()]
+            if not _all_finite(tensors):
+                raise NonFiniteTrainingError(
+                    f"step {trainer.global_step}: the weights are non-finite; refusing to write a checkpoint with them "
+                    "(the previous checkpoint holds the last good weights). Lower the learning rate or add gradient "
+                    "clipping (--trainer.gradient_clip_val 1.0)")
 
     def state_dict(self) -> dict:
         return {"total": self.total}

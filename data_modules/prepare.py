@@ -17,13 +17,17 @@ Both read the files of Debian packages (no network):
   28x28 greyscale articles in 10 classes, written as PNGs under one folder per class with captions
   such as "a photo of a sneaker".
 
-When the package is missing the command prints the ``apt-get install`` line and returns 2.
+When the package is missing the command prints the ``apt-get install`` line and returns 2. ``--out`` must be
+a new or empty folder, or one this command wrote before (it leaves a ``.lit-edify-data.json`` marker there);
+anything else is refused with exit code 2 unless ``--force`` is given, so a user's files are never mixed into
+the dataset or overwritten.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import os
 import shutil
 import struct
@@ -36,7 +40,10 @@ from PIL import Image
 
 from data_modules.imageio import BadSample, load_rgb
 
-__all__ = ["main", "prepare_tuxpaint", "prepare_fashion_mnist", "read_idx", "FASHION_CLASSES"]
+__all__ = ["main", "prepare_tuxpaint", "prepare_fashion_mnist", "read_idx", "FASHION_CLASSES", "MARKER"]
+
+#: file left in every output folder: which command wrote it (a later run of the same command may write there again)
+MARKER = ".lit-edify-data.json"
 
 TUXPAINT_DIR = "/usr/share/tuxpaint/stamps"
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -198,6 +205,32 @@ def prepare_fashion_mnist(source_dir: str, out: str, split: str = "train", limit
     return counts
 
 
+def _out_problem(out: str, command: str, force: bool) -> str | None:
+    """Why ``lit-edify data <command>`` may not write into ``out`` (None when it may)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        return f"{out!r} exists and is not a folder; pass a folder path"
+    if not os.path.isdir(out) or not os.listdir(out) or force:
+        return None
+    try:
+        with open(os.path.join(out, MARKER), encoding="utf-8") as f:
+            previous = json.load(f).get("command")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if previous == command:
+        return None
+    owner = f"the output of `lit-edify data {previous}`" if previous else "files that `lit-edify data` did not write"
+    return (f"{out!r} is not empty: it holds {owner}. Writing there would mix them into the dataset and overwrite "
+            "files with the same names; choose a new or empty folder, or pass --force")
+
+
+def _claim(out: str, command: str) -> None:
+    """Create ``out`` and mark it as the output of ``command``."""
+    from lit_edify.io import write_text_atomic
+
+    os.makedirs(out, exist_ok=True)
+    write_text_atomic(os.path.join(out, MARKER), json.dumps({"command": command}) + "\n")
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -215,20 +248,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=_positive, default=None, help="write at most N images")
     t.add_argument("--stamps-dir", default=TUXPAINT_DIR, help=f"stamps tree (default {TUXPAINT_DIR})")
     t.add_argument("--no-svg", action="store_true", help="skip SVG-only stamps instead of rendering them")
+    t.add_argument("--force", action="store_true", help="write into a non-empty --out folder anyway")
     f = sub.add_parser("fashion-mnist", help="Fashion-MNIST (Debian dataset-fashion-mnist)")
     f.add_argument("--out", required=True, help="output folder (e.g. data/fashion_mnist)")
     f.add_argument("--limit", type=_positive, default=None, help="write at most N images")
     f.add_argument("--split", choices=("train", "test"), default="train")
     f.add_argument("--source-dir", default=FASHION_DIR, help=f"folder with the idx .gz files (default {FASHION_DIR})")
+    f.add_argument("--force", action="store_true", help="write into a non-empty --out folder anyway")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``lit-edify data``; returns the exit status (0 ok, 2 missing source data)."""
+    """Entry point of ``lit-edify data``; returns the exit status (0 ok, 2 missing source data or a refused --out)."""
     args = build_parser().parse_args(argv)
+    if (why := _out_problem(args.out, args.command, args.force)) is not None:
+        print(f"error: --out {why}", file=sys.stderr)
+        return 2
     if args.command == "tuxpaint":
         if not os.path.isdir(args.stamps_dir):
             return _missing("Tux Paint stamps", args.stamps_dir, "tuxpaint-stamps-default", "--stamps-dir")
+        _claim(args.out, args.command)
         counts = prepare_tuxpaint(args.stamps_dir, args.out, args.limit, svg=not args.no_svg)
         print(
             f"wrote {counts['written']} stamps to {args.out} ({counts['mirror']} mirrored duplicates skipped, "
@@ -241,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     needed = os.path.join(args.source_dir, f"{'train' if args.split == 'train' else 't10k'}-images-idx3-ubyte.gz")
     if not os.path.exists(needed):
         return _missing("Fashion-MNIST", needed, "dataset-fashion-mnist", "--source-dir")
+    _claim(args.out, args.command)
     counts = prepare_fashion_mnist(args.source_dir, args.out, args.split, args.limit)
     per_class = ", ".join(f"{k}: {v}" for k, v in counts.items() if k != "written")
     print(f"wrote {counts['written']} images to {args.out} ({per_class})")

@@ -6,6 +6,7 @@
     lit-edify sample --ckpt base.ckpt [--upsampler-ckpt up.ckpt] --prompt "a red circle" ...
     lit-edify data tuxpaint --out data/tuxpaint              # prepare a real dataset (see --help)
     lit-edify benchmark --config <recipe> --ckpt <ckpt>      # metrics at several solvers / step counts
+    lit-edify export --ckpt run.ckpt --out model.safetensors # EMA weights + hyper-parameters, no pickle
 
 On SLURM, Lightning's SLURMEnvironment is picked up from the environment: with ``#SBATCH --signal=SIGUSR1@90``
 the job checkpoints and requeues itself before the time limit (see recipes/slurm/train.sbatch).
@@ -13,18 +14,36 @@ the job checkpoints and requeues itself before the time limit (see recipes/slurm
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+import unicodedata
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-PROJECT_COMMANDS = ("quickstart", "sample", "data", "benchmark")
+PROJECT_COMMANDS = ("quickstart", "sample", "data", "benchmark", "export")
+
+
+class SuiteCLI(LightningCLI):
+    """LightningCLI whose trainers always carry the suite's safety callbacks (unless a recipe lists its own):
+    the non-finite guard (callbacks.nonfinite) and the once-per-epoch caption truncation report."""
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        from callbacks.nonfinite import NonFiniteGuard
+        from callbacks.truncation import TruncationReport
+
+        trainer = super().instantiate_trainer(**kwargs)
+        for cls in (TruncationReport, NonFiniteGuard):  # the guard first: it acts before the EMA and checkpoints
+            if not any(isinstance(cb, cls) for cb in trainer.callbacks):
+                trainer.callbacks.insert(0, cls())
+        return trainer
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     """The LightningCLI of the suite: any LightningModule / LightningDataModule by class_path."""
-    return LightningCLI(
+    return SuiteCLI(
         L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
         auto_configure_optimizers=False, save_config_kwargs={"overwrite": True}, args=args, run=run,
     )
@@ -49,21 +68,47 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "benchmark":
             from lit_edify.benchmark import main as benchmark_main
             return benchmark_main(rest)
+        if cmd == "export":
+            from lit_edify.commands.export import main as export_main
+            return export_main(rest)
         return sample_main(rest)
     build_cli(argv)
     return 0
 
 
+def _steps(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def _finite(text: str) -> float:
+    """argparse type: a finite float (nan / inf guidance would write black images)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def sample_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lit-edify sample", description="Generate images from trained checkpoints.")
-    p.add_argument("--ckpt", required=True, help="base model checkpoint (.ckpt)")
-    p.add_argument("--upsampler-ckpt", help="optional upsampler checkpoint; enables the 2-stage plans")
+    p.add_argument("--ckpt", required=True, help="base model checkpoint (.ckpt or exported .safetensors)")
+    p.add_argument("--upsampler-ckpt", help="optional upsampler checkpoint (.ckpt / .safetensors); enables the "
+                   "2-stage plans")
     p.add_argument("--prompt", action="append", required=True, help="caption; repeat for several images")
     p.add_argument("--aspect", default="1:1", choices=["1:1", "4:3", "3:4", "16:9", "9:16"])
-    p.add_argument("--steps", type=int, help="base solver steps (default: the model's sample_steps)")
-    p.add_argument("--upsampler-steps", type=int)
+    p.add_argument("--steps", type=_steps, help="base solver steps >= 1 (default: the model's sample_steps)")
+    p.add_argument("--upsampler-steps", type=_steps)
     p.add_argument("--solver", choices=["dpmpp_2m", "ddim", "euler", "heun"])
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale of the base")
+    p.add_argument("--guidance", type=_finite, help="classifier-free guidance scale of the base")
     p.add_argument("--plan", default="cascade", choices=["cascade", "switch"])
     p.add_argument("--pitch", type=int, default=-1, help="0 ascending, 1 eye level, 2 descending, -1 unknown")
     p.add_argument("--dof", type=int, default=-1, help="0 shallow, 1 deep, -1 unknown")
@@ -74,14 +119,52 @@ def sample_parser() -> argparse.ArgumentParser:
     return p
 
 
-def sample_main(argv: list[str]) -> int:
-    """``lit-edify sample``: writes one PNG per prompt plus a grid into --out."""
-    from rich.progress import track
-    from torchvision.utils import save_image
+def prompt_problem(prompt: str) -> str | None:
+    """Why ``prompt`` cannot be a caption (None when it can): undecodable bytes or control characters."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8 reach sys.argv as lone surrogates
+        return "is not valid UTF-8 text; pass the caption UTF-8 encoded"
+    bad = next((i for i, c in enumerate(prompt) if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        return f"contains the control character {prompt[bad]!r} at position {bad}; remove it"
+    return None
 
+
+def output_folder_problem(out: Path) -> str | None:
+    """Why ``out`` cannot receive the images (None when it can): an existing file, or not writable."""
+    if out.exists() and not out.is_dir():
+        return f"{str(out)!r} exists and is not a folder; pass a folder path"
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return f"{str(out)!r} is not writable (no write permission on {str(existing)!r}); pass another folder"
+    return None
+
+
+def check_sample_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Fail fast (argparse error, exit code 2) on arguments that would fail or give wrong output after sampling."""
+    for i, prompt in enumerate(a.prompt, 1):
+        if (why := prompt_problem(prompt)) is not None:
+            p.error(f"--prompt number {i} {why}")
+    if (why := output_folder_problem(Path(a.out))) is not None:
+        p.error(f"--out {why}")
+    for flag, path in (("--ckpt", a.ckpt), ("--upsampler-ckpt", a.upsampler_ckpt)):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{flag} {str(path)!r} not found: train one with "
+                                    "`lit-edify fit --config recipes/tiny/base32.yaml` (checkpoints land in "
+                                    "<log_dir>/checkpoints/) or pass the right path")
+
+
+def sample_main(argv: list[str]) -> int:
+    """``lit-edify sample``: writes one PNG per prompt plus a grid into --out (each file appears atomically)."""
+    from rich.progress import track
+
+    from lit_edify.io import save_image_atomic, write_text_atomic
     from lit_edify.pipelines.text2image import load_module, text_to_image
 
-    a = sample_parser().parse_args(argv)
+    parser = sample_parser()
+    a = parser.parse_args(argv)
+    check_sample_args(parser, a)
     base = load_module(a.ckpt, a.device)
     upsampler = load_module(a.upsampler_ckpt, a.device) if a.upsampler_ckpt else None
     n = len(a.prompt)
@@ -93,9 +176,9 @@ def sample_main(argv: list[str]) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(images):
-        save_image((img.float().cpu() + 1) / 2, out / f"{i:03d}.png")
-    save_image((images.float().cpu() + 1) / 2, out / "grid.png", nrow=max(1, int(n ** 0.5)))
-    (out / "prompts.txt").write_text("\n".join(a.prompt) + "\n")
+        save_image_atomic((img.float().cpu() + 1) / 2, out / f"{i:03d}.png")
+    save_image_atomic((images.float().cpu() + 1) / 2, out / "grid.png", nrow=max(1, int(n ** 0.5)))
+    write_text_atomic(out / "prompts.txt", "\n".join(a.prompt) + "\n")
     print(f"wrote {n} images of {tuple(images.shape[-2:])} px to {out}/ (grid.png, prompts.txt)")
     return 0
 

@@ -164,6 +164,43 @@ def test_consecutive_nan_steps_stop_training_and_last_ckpt_keeps_the_last_good_w
     assert last["callbacks"]["NonFiniteGuard"]["total"] == 2            # written before the 3rd skip stopped it
 
 
+class Overflow(L.Callback):
+    """An update that overflowed: the weights turn non-finite after step ``at`` although no gradient was."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.at:
+            with torch.no_grad():
+                pl_module.w.fill_(float("inf"))
+
+
+def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True)
+    trainer = L.Trainer(max_steps=10, callbacks=[NonFiniteGuard(), Overflow(at=3), ckpt], logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(NonFiniteTrainingError, match="refusing to write a checkpoint"):
+        trainer.fit(Linear())
+    last = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 2 and last["state_dict"]["w"].isfinite().all()
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["epoch=0-step=2.ckpt", "last.ckpt"]
+
+
+def test_the_cli_adds_the_guard_once_and_a_recipe_can_configure_it():
+    from test_cli import TINY
+
+    from callbacks.truncation import TruncationReport
+    from lit_edify.cli import build_cli
+
+    plain = build_cli(TINY, run=False).trainer.callbacks
+    assert [type(c) for c in plain[:2]] == [NonFiniteGuard, TruncationReport]
+    own = build_cli([*TINY, "--trainer.callbacks+=callbacks.nonfinite.NonFiniteGuard",
+                     "--trainer.callbacks.max_consecutive=3"], run=False).trainer.callbacks
+    guards = [c for c in own if isinstance(c, NonFiniteGuard)]
+    assert len(guards) == 1 and guards[0].max_consecutive == 3
+
+
 def test_max_consecutive_must_be_positive():
     with pytest.raises(ValueError, match="max_consecutive must be >= 1"):
         NonFiniteGuard(max_consecutive=0)

@@ -6,11 +6,12 @@ leaves the base at the upsampler's band cutoff via the resolution switch (Sec. 2
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from lit_edify.diffusion.plans import sample_plan
+from lit_edify.pipelines.checkpoints import load_module
+
+__all__ = ["load_module", "text_to_image"]
 
 
 def text_to_image(base, captions: list[str], *, upsampler=None, plan: str = "cascade", aspect: str = "1:1",
@@ -39,25 +40,3 @@ def text_to_image(base, captions: list[str], *, upsampler=None, plan: str = "cas
         x = sample_plan(stages, (len(captions), 3, h, w), plan, solver or base.hparams.sample_solver, generator=g,
                         device=base.device, progress=progress)
     return x.clamp(-1, 1)
-
-
-def load_module(path: str | Path, map_location: str = "cpu"):
-    """Load a lit-edify LightningModule checkpoint (.ckpt), with the weights it was saved with (EMA when trained
-    with the EMA callback). Raises FileNotFoundError with advice when the file is missing."""
-    import importlib
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} not found: train one with "
-                                "`lit-edify fit --config recipes/tiny/base32.yaml` (checkpoints land in "
-                                "<log_dir>/checkpoints/) or pass the right --ckpt path")
-    meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    target = meta.get("lit_edify_class")
-    if target is None:
-        raise ValueError(f"{path} was not written by a lit-edify module (no 'lit_edify_class' entry)")
-    module_name, cls_name = target.rsplit(".", 1)
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    hparams = {k: v for k, v in meta["hyper_parameters"].items() if not k.startswith("_")}  # LightningCLI extras
-    model = cls(**hparams)
-    model.load_state_dict(meta["state_dict"])
-    return model.to(map_location).eval()
