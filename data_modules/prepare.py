@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from data_modules.imageio import BadSample, load_rgb
+from lit_edify.io import atomic_path, write_text_atomic
 
 __all__ = ["main", "prepare_tuxpaint", "prepare_fashion_mnist", "read_idx", "FASHION_CLASSES", "MARKER"]
 
@@ -96,6 +97,13 @@ def _render_svg(svg: str, size: int = 512) -> Image.Image | None:
         return img
 
 
+def _write_pair(stem: str, image: Image.Image, caption: str) -> None:
+    """``stem.png`` + ``stem.txt``, each appearing whole (atomic; no fsync per file: bulk writes)."""
+    with atomic_path(stem + ".png", durable=False) as tmp:
+        image.save(tmp)
+    write_text_atomic(stem + ".txt", caption + "\n", durable=False)
+
+
 def prepare_tuxpaint(stamps_dir: str, out: str, limit: int | None = None, svg: bool = True) -> dict:
     """Convert a Tux Paint stamps tree to ``out/<category path>/<name>.png`` + ``.txt``.
 
@@ -143,9 +151,7 @@ def prepare_tuxpaint(stamps_dir: str, out: str, limit: int | None = None, svg: b
             counts["named_caption"] += 1
         dest = os.path.join(out, rel)
         os.makedirs(os.path.dirname(dest) or out, exist_ok=True)
-        rgb.save(dest + ".png")
-        with open(dest + ".txt", "w", encoding="utf-8") as f:
-            f.write(caption + "\n")
+        _write_pair(dest, rgb, caption)
         counts["written"] += 1
     return counts
 
@@ -197,9 +203,7 @@ def prepare_fashion_mnist(source_dir: str, out: str, split: str = "train", limit
         folder = os.path.join(out, noun.replace(" ", "_"))
         os.makedirs(folder, exist_ok=True)
         stem = os.path.join(folder, f"{split}_{i:05d}")
-        Image.fromarray(np.ascontiguousarray(images[i])).save(stem + ".png")
-        with open(stem + ".txt", "w", encoding="utf-8") as f:
-            f.write(f"a photo of {_article(noun)}\n")
+        _write_pair(stem, Image.fromarray(np.ascontiguousarray(images[i])), f"a photo of {_article(noun)}")
         counts["written"] += 1
         counts[noun] = counts.get(noun, 0) + 1
     return counts
@@ -225,8 +229,6 @@ def _out_problem(out: str, command: str, force: bool) -> str | None:
 
 def _claim(out: str, command: str) -> None:
     """Create ``out`` and mark it as the output of ``command``."""
-    from lit_edify.io import write_text_atomic
-
     os.makedirs(out, exist_ok=True)
     write_text_atomic(os.path.join(out, MARKER), json.dumps({"command": command}) + "\n")
 

@@ -32,11 +32,13 @@ def _fsync(path: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on a clean exit it replaces ``path`` atomically.
 
     The parent folder is created if needed. On an exception the temporary file is removed and ``path``
-    keeps its previous content. Example: ``with atomic_path("w.pt") as tmp: torch.save(obj, tmp)``.
+    keeps its previous content. ``durable=False`` skips the fsyncs: still atomic if the process dies, not
+    if the machine loses power (for bulk writes such as dataset preparation).
+    Example: ``with atomic_path("w.pt") as tmp: torch.save(obj, tmp)``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,22 +47,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         if not tmp.is_file():
             raise RuntimeError(f"atomic write of {path}: the writer did not create {tmp}")
-        _fsync(tmp)
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, path)
-        _fsync(path.parent)
+        if durable:
+            _fsync(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
     """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable) as tmp:
         tmp.write_bytes(data)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+def write_text_atomic(path: str | os.PathLike, text: str, encoding: str = "utf-8", durable: bool = True) -> None:
     """Write ``text`` to ``path`` atomically."""
-    write_bytes_atomic(path, text.encode(encoding))
+    write_bytes_atomic(path, text.encode(encoding), durable)
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
