@@ -78,3 +78,18 @@ def test_images_keep_their_format_and_replace_the_old_file(tmp_path):
     img = Image.open(path)
     assert img.format == "PNG" and img.size == (12, 4) and img.getpixel((0, 0)) == (255, 255, 255)
     assert [p.name for p in path.parent.iterdir()] == ["grid.png"]
+
+
+def test_sample_grid_files_are_written_whole(tmp_path, tiny_base_kwargs):
+    from types import SimpleNamespace
+
+    from callbacks.samples import SampleGrid
+    from lit_edify.modules.base import BaseModel
+
+    torch.manual_seed(0)
+    model = BaseModel(**tiny_base_kwargs).eval()
+    grid = SampleGrid(prompts=["a red circle", "a blue square"], steps=1, out_dir=str(tmp_path))
+    grid._write(SimpleNamespace(global_step=7, loggers=[]), model)
+    assert Image.open(tmp_path / "step_0000007.png").format == "PNG"
+    assert (tmp_path / "step_0000007.txt").read_text() == "a red circle\na blue square\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0000007.png", "step_0000007.txt"]
