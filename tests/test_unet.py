@@ -64,6 +64,25 @@ def test_fresh_model_outputs_zero():
     assert torch.count_nonzero(out) == 0
 
 
+
+@pytest.mark.parametrize("sigma", [0.002, 0.05, 0.5, 3.0, 80.0])
+def test_linear_skip_with_gain_minus_sigma_data_is_the_pure_noise_denoiser(sigma):
+    """g = -sigma_data on the identity path gives F = -(sigma_data / sigma) c_in x, so that EDM's
+    D = c_skip x + c_out F is exactly 0 for any input: the right answer for data that is all zeros.
+    A wrong constant in the 1/sigma factor (or a sign) leaves c_skip x partly in D."""
+    from lit_edify.diffusion.edm import precondition
+
+    sd = 0.5
+    model = build_unet("tiny")
+    assert model.skip_proj is not None
+    with torch.no_grad():
+        model.skip_gain.bias.fill_(-sd)
+    x, _, ctx, mask = _inputs(h=32, w=32)
+    s = torch.full((2,), sigma)
+    d = precondition(model, x * sigma, s, sd, context=ctx, context_mask=mask)
+    assert d.abs().max() < 1e-5 * sigma
+
+
 @pytest.mark.parametrize("aspect", list(ASPECT_SHAPES))
 def test_forward_backward_all_aspect_ratios(tiny, aspect):
     h, w = ASPECT_SHAPES[aspect]
@@ -180,3 +199,11 @@ def test_small100m_preset_is_about_100m():
     with torch.device("meta"):
         n = count_parameters(build_unet("small100m")) + count_parameters(build_condition_embedder("small100m"))
     assert 0.9e8 < n < 1.1e8
+
+
+def test_one_level_wavelet_unet_runs_at_16x16_grid_for_32px():
+    model = _perturbed(build_unet("tiny", wavelet_levels=1, pos_embed_size=16))
+    assert model.resolution_multiple == 8 and model.conv_in.in_channels == 12
+    x, c_noise, ctx, mask = _inputs(h=32, w=32)
+    out = model(x, c_noise, ctx, mask)
+    assert out.shape == x.shape and out.abs().sum() > 0

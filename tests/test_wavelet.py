@@ -64,3 +64,16 @@ def test_bad_shapes_raise():
         haar_packet(torch.zeros(3, 8, 8))
     with pytest.raises(ValueError, match="16\\*C"):
         inverse_haar_packet(torch.zeros(1, 47, 2, 2))
+
+
+def test_one_level_matches_pywt_dwt2_and_inverts():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 8, 12, generator=g, dtype=torch.float64) * 2 - 1
+    ours = haar_packet(x.float(), levels=1).double().numpy()
+    cA, (cH, cV, cD) = pywt.dwt2(x.numpy(), "haar", axes=(-2, -1))
+    ref = np.stack([cA, cH, cV, cD], axis=2).reshape(2, 12, 4, 6)  # channel 4c + k, k in (a, h, v, d)
+    np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=0)
+    c = haar_packet(x.float(), levels=1)
+    assert (inverse_haar_packet(c, levels=1) - x.float()).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="levels"):
+        haar_packet(x.float(), levels=3)

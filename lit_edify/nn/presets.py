@@ -33,7 +33,7 @@ UNET_PRESETS: dict[str, dict] = {
     # level 0 is 64 wide: at least the 48 wavelet channels, or fine detail is lost in a bottleneck
     "tiny": dict(
         in_channels=3, model_channels=64, channel_mult=(1, 1, 2), num_res_blocks=2,
-        attention_levels=(1, 2), context_dim=128, head_dim=32, dropout=0.0, pos_embed_size=16,
+        attention_levels=(1, 2), context_dim=128, head_dim=32, dropout=0.0, pos_embed_size=16, linear_skip=True,
     ),
     "small100m": dict(
         in_channels=3, model_channels=128, channel_mult=(1, 2, 2, 4), num_res_blocks=2,

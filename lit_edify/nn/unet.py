@@ -47,7 +47,7 @@ def _zero(module: nn.Module) -> nn.Module:
 
 
 class FourierEmbedding(nn.Module):
-    """Fixed random Fourier features of the scalar noise level (as EDM's NCSN++).
+    """Fixed random Fourier features of the scalar noise level (EDM's NCSN++ / EDM2's MP-Fourier).
 
     (B,) float (EDM ``c_noise = ln(sigma) / 4``, roughly [-3, 3]) -> (B, num_channels) float32 in [-1, 1].
     """
@@ -167,7 +167,23 @@ class EdifyUNet(nn.Module):
         pos_embed_size: side of the learnable 1:1 positional encoding on the feature map, i.e.
             ``base_resolution // 4``; None disables it.
         use_checkpoint: recompute every block in the backward pass (activation checkpointing).
-        fourier_scale: std of the random frequencies of the noise embedding.
+        linear_skip: add a noise-gated linear path from the input wavelet coefficients to the output ones:
+            ``out += g(emb) * W x_wav / sigma`` with ``sigma = exp(4 c_noise)`` (EDM's c_noise), W a 1x1 conv
+            initialised to the identity and g a per-channel gain initialised to 0 (a fresh model still
+            outputs 0). Under EDM preconditioning the network must cancel the input noise that
+            ``c_skip * x`` leaks into D: for a coefficient that holds only noise the exact output is
+            ``-(sigma_data / sigma) * x_wav``, so reproducing every coefficient's noise with a gain of up to
+            hundreds through the nonlinear blocks. A narrow network learns that slowly and the uncancelled
+            noise shows up as coloured grain in samples. With the 1/sigma factor this path is a linear
+            (Wiener-like) filter whose gain g is O(1) and smooth in sigma (-sigma_data for pure noise).
+        wavelet_levels: levels of the Haar packet at the input/output: 2 (the report: 48 x H/4 x W/4) or 1
+            (12 x H/2 x W/2). At 32 px the 2-level packet leaves an 8x8 grid where one position's outputs
+            draw a whole 4x4 pixel block; 1 level gives small images a 16x16 grid.
+        fourier_scale: std of the random frequencies of the noise embedding (on ``c_noise = ln(sigma)/4``).
+            1 (EDM2's bandwidth) keeps the embedding smooth in sigma: sigma = 0.100 and 0.110 map to
+            nearly the same features, so D(sigma) interpolates between trained noise levels. NCSN++'s 16
+            makes neighbouring sigmas nearly orthogonal (a lookup table), which slows training and
+            makes samplers with many steps visit noise levels the network has barely seen.
     """
 
     def __init__(self, in_channels: int = 3, extra_in_channels: int = 0, model_channels: int = 64,
@@ -175,7 +191,7 @@ class EdifyUNet(nn.Module):
                  attention_levels: tuple[int, ...] = (2,), context_dim: int = 256,
                  num_heads: int | None = None, head_dim: int = 32, dropout: float = 0.0,
                  pos_embed_size: int | None = 16, use_checkpoint: bool = False,
-                 fourier_scale: float = 16.0):
+                 fourier_scale: float = 1.0, linear_skip: bool = False, wavelet_levels: int = 2):
         super().__init__()
         channel_mult, attention_levels = tuple(channel_mult), tuple(attention_levels)
         bad = [i for i in attention_levels if not 0 <= i < len(channel_mult)]
@@ -185,7 +201,11 @@ class EdifyUNet(nn.Module):
         self.in_channels, self.extra_in_channels = in_channels, extra_in_channels
         self.context_dim, self.use_checkpoint = context_dim, use_checkpoint
         #: H and W of the input pixels must be multiples of this.
-        self.resolution_multiple = 4 * 2 ** (len(channel_mult) - 1)
+        if wavelet_levels not in (1, 2):
+            raise ValueError(f"wavelet_levels must be 1 or 2, got {wavelet_levels}")
+        self.wavelet_levels = wavelet_levels
+        self.resolution_multiple = 2 ** wavelet_levels * 2 ** (len(channel_mult) - 1)
+        wav = 4 ** wavelet_levels  # wavelet coefficients per pixel channel
 
         def heads_for(ch: int) -> int:
             if num_heads is not None:
@@ -200,7 +220,7 @@ class EdifyUNet(nn.Module):
         self.map_layer0 = nn.Linear(model_channels, emb_dim)
         self.map_layer1 = nn.Linear(emb_dim, emb_dim)
 
-        self.conv_in = nn.Conv2d(16 * (in_channels + extra_in_channels), model_channels, 3, padding=1)
+        self.conv_in = nn.Conv2d(wav * (in_channels + extra_in_channels), model_channels, 3, padding=1)
         self.pos_embed = None
         if pos_embed_size is not None:
             self.pos_embed = nn.Parameter(torch.zeros(1, model_channels, pos_embed_size, pos_embed_size))
@@ -225,7 +245,15 @@ class EdifyUNet(nn.Module):
                 cin, cout = cout + skips.pop(), model_channels * channel_mult[level]
                 self.dec.append(_Unit(cin, cout, attention=level in attention_levels, **kw))
         self.norm_out = nn.GroupNorm(_groups(cout), cout)
-        self.conv_out = _zero(nn.Conv2d(cout, 16 * in_channels, 3, padding=1))
+        self.conv_out = _zero(nn.Conv2d(cout, wav * in_channels, 3, padding=1))
+        self.skip_proj = self.skip_gain = None
+        if linear_skip:
+            c_in, c_out = wav * (in_channels + extra_in_channels), wav * in_channels
+            self.skip_proj = nn.Conv2d(c_in, c_out, 1, bias=False)
+            with torch.no_grad():
+                self.skip_proj.weight.zero_()
+                self.skip_proj.weight[:, :c_out, 0, 0] = torch.eye(c_out)
+            self.skip_gain = _zero(nn.Linear(emb_dim, c_out))
 
     def _check_inputs(self, x, c_noise, context, context_mask, extra) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
@@ -233,7 +261,7 @@ class EdifyUNet(nn.Module):
         m = self.resolution_multiple
         if x.shape[-2] % m or x.shape[-1] % m:
             raise ValueError(
-                f"H and W must be multiples of {m} (4 for the wavelet x 2 per U-Net level), got "
+                f"H and W must be multiples of {m} (2^wavelet_levels x 2 per U-Net level), got "
                 f"{x.shape[-2]}x{x.shape[-1]}; use bucket shapes with multiple={m} or crop.")
         b = x.shape[0]
         if c_noise.shape != (b,):
@@ -278,9 +306,10 @@ class EdifyUNet(nn.Module):
         emb = F.silu(self.map_layer0(self.map_noise(c_noise)))
         emb = F.silu(self.map_layer1(emb))
 
-        h = haar_packet(x)
+        h = haar_packet(x, self.wavelet_levels)
         if extra is not None:
-            h = torch.cat([h, haar_packet(extra.to(x.dtype))], dim=1)
+            h = torch.cat([h, haar_packet(extra.to(x.dtype), self.wavelet_levels)], dim=1)
+        wav_in = h
         h = self.conv_in(h)
         if self.pos_embed is not None:
             pos = self.pos_embed
@@ -299,4 +328,7 @@ class EdifyUNet(nn.Module):
                 h = torch.cat([h, skips.pop()], dim=1)
             h = self._run(unit, h, emb, context, context_mask)
         h = self.conv_out(F.silu(self.norm_out(h)))
-        return inverse_haar_packet(h.float()).to(x.dtype)
+        if self.skip_proj is not None:
+            gain = self.skip_gain(emb) * torch.exp(-4 * c_noise.float())[:, None]  # g(sigma) / sigma
+            h = h + gain[:, :, None, None].to(h.dtype) * self.skip_proj(wav_in)
+        return inverse_haar_packet(h.float(), self.wavelet_levels).to(x.dtype)

@@ -70,8 +70,8 @@ def _check(x: Tensor, name: str, multiple_of_16: bool) -> None:
         )
 
 
-def haar_packet(x: Tensor) -> Tensor:
-    """Forward 2-level Haar wavelet packet.
+def haar_packet(x: Tensor, levels: int = 2) -> Tensor:
+    """Forward Haar wavelet packet (``levels`` = 2: the report's transform; 1: 2x2 blocks, for small images).
 
     Args:
         x: (B, C, H, W) float tensor (C = 3 for RGB images in [-1, 1]; any C works), H and W
@@ -79,15 +79,29 @@ def haar_packet(x: Tensor) -> Tensor:
     Returns:
         (B, 16 C, H/4, W/4) coefficients in ``x.dtype`` (computed in float32); channel order in the
         module docstring. The transform is orthonormal, so the sum of squares is preserved; values
-        of an image in [-1, 1] lie in [-4, 4].
+        of an image in [-1, 1] lie in [-4, 4]. With ``levels=1``: (B, 4 C, H/2, W/2), channel 4c + k for
+        k in (a, h, v, d) (pywt's ``dwt2`` order).
     """
+    if levels == 1:
+        if x.ndim != 4 or x.shape[-2] % 2 or x.shape[-1] % 2:
+            raise ValueError(f"haar_packet(levels=1) needs (B, C, H, W) with even H and W, got {tuple(x.shape)}")
+        return _haar_level(x.float()).to(x.dtype)
+    if levels != 2:
+        raise ValueError(f"levels must be 1 or 2, got {levels}")
     _check(x, "haar_packet", multiple_of_16=False)
     y = _haar_level(_haar_level(x.float()))
     return y.to(x.dtype)
 
 
-def inverse_haar_packet(c: Tensor) -> Tensor:
-    """Inverse of :func:`haar_packet`: (B, 16 C, h, w) -> (B, C, 4 h, 4 w), in ``c.dtype``."""
+def inverse_haar_packet(c: Tensor, levels: int = 2) -> Tensor:
+    """Inverse of :func:`haar_packet`: (B, 16 C, h, w) -> (B, C, 4 h, 4 w) (levels=1: (B, 4C, h, w) ->
+    (B, C, 2h, 2w)), in ``c.dtype``."""
+    if levels == 1:
+        if c.ndim != 4 or c.shape[1] % 4:
+            raise ValueError(f"inverse_haar_packet(levels=1) needs (B, 4C, h, w), got {tuple(c.shape)}")
+        return _inverse_haar_level(c.float()).to(c.dtype)
+    if levels != 2:
+        raise ValueError(f"levels must be 1 or 2, got {levels}")
     _check(c, "inverse_haar_packet", multiple_of_16=True)
     # Undo level 2 (per level-1 sub-band), then level 1.
     y = _inverse_haar_level(c.float())  # (B, 4C, 2h, 2w): level-1 sub-bands
