@@ -4,7 +4,9 @@ Builds the denoiser of ``recipes/base256.yaml`` (2.7B U-Net at 256 px) and ``rec
 (1.6B at 1024 px) as the recipes do (bf16 autocast, activation checkpointing, AdamW, EMA copy), feeds
 T5-XXL-shaped text tokens (B, 512, 4096) (the frozen encoder's cost is excluded: its outputs are cached),
 and runs the EDM loss under the Laplacian forward process with the recipe's per-GPU batch, halving the
-batch on out-of-memory. Prints step time, images/s and peak memory per model.
+batch on out-of-memory. Prints step time, images/s, peak memory and model FLOPs utilisation per model:
+MFU = (forward + backward FLOPs per image, counted by ``torch.utils.flop_counter`` on the U-Net, see
+``lit_edify/nn/flops.py``) x images/s / the device's dense bf16 peak (n/a on CPU or an unknown device).
 
     python benchmarks/paper_scale_step.py                      # on a GPU
     python benchmarks/paper_scale_step.py --preset tiny --device cpu --steps 2   # smoke test
@@ -22,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lit_edify.diffusion.edm import denoising_loss, precondition, sample_sigmas  # noqa: E402
 from lit_edify.diffusion.laplacian import LaplacianSchedule  # noqa: E402
 from lit_edify.nn.conditioning import ConditionEmbedder  # noqa: E402
+from lit_edify.nn.flops import device_bf16_peak, training_flops_per_image  # noqa: E402
 from lit_edify.nn.presets import build_unet, count_parameters  # noqa: E402
 
 MODELS = {  # name: (preset, resolution, per-GPU batch of the recipe, band factor, cutoff, start, sigma_max)
@@ -36,6 +39,8 @@ def run(name: str, preset: str, res: int, batch: int, factor: int, cutoff: float
     if device != "cpu":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    with torch.device("meta"):  # count model FLOPs without memory (same layout as the trained net)
+        flops = training_flops_per_image(build_unet(preset, pos_embed_size=res // 4), res, res, text_len + 3)
     net = build_unet(preset, use_checkpoint=device != "cpu", pos_embed_size=res // 4).to(device)
     emb = ConditionEmbedder(text_dim, net.context_dim).to(device)
     params = list(net.parameters()) + list(emb.parameters())
@@ -70,10 +75,12 @@ def run(name: str, preset: str, res: int, batch: int, factor: int, cutoff: float
                     times.append(time.perf_counter() - t0)
             step = sorted(times)[len(times) // 2]
             peak = torch.cuda.max_memory_allocated() / 2**30 if device != "cpu" else float("nan")
+            dev_peak = device_bf16_peak(torch.cuda.get_device_name(device)) if device != "cpu" else None
+            mfu = flops * batch / step / dev_peak if dev_peak else float("nan")
             print(f"{name:12s} {preset:16s} params={n_params / 1e9:.3f}B res={res} batch/GPU={batch} "
-                  f"step={step:.3f}s images/s={batch / step:.1f} peak_mem={peak:.1f}GiB loss={loss.item():.3f}",
-                  flush=True)
-            return {"batch": batch, "step": step, "peak": peak, "ips": batch / step}
+                  f"step={step:.3f}s images/s={batch / step:.1f} peak_mem={peak:.1f}GiB "
+                  f"train_TFLOP/image={flops / 1e12:.3f} MFU={mfu:.1%} loss={loss.item():.3f}", flush=True)
+            return {"batch": batch, "step": step, "peak": peak, "ips": batch / step, "mfu": mfu}
         except torch.OutOfMemoryError:
             print(f"{name}: batch {batch} out of memory, halving", flush=True)
             opt.zero_grad(set_to_none=True)
@@ -157,7 +164,8 @@ def main() -> None:
         samp = sampling(a.device, base_p, up_p, res, (32, 24) if not a.preset else (3, 2), a.sample_batch)
     ratio = f" switch_vs_cascade_time={samp['switch'] / samp['cascade']:.2f}" if samp else ""
     print("paper_scale_step: " + " ".join(f"{k}_images_per_s={v['ips']:.1f} {k}_batch={v['batch']} "
-                                          f"{k}_peak_GiB={v['peak']:.1f}" for k, v in results.items()) + ratio)
+                                          f"{k}_peak_GiB={v['peak']:.1f} {k}_mfu={v['mfu']:.3f}"
+                                          for k, v in results.items()) + ratio)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Training-step throughput and peak memory: EdifyUNet (wavelet packet) vs diffusers UNet2DConditionModel.
 
-For the "tiny" and "small100m" presets at 64 and 256 px, one training step (forward, MSE loss,
-backward, AdamW step) is timed for our U-Net and for a diffusers ``UNet2DConditionModel`` with the
-same level widths and a parameter count within 10%, working on the same 3-channel pixels (as
+For the "tiny" and "small100m" presets at 64 and 256 px, training steps (forward, MSE loss,
+backward, AdamW step) are timed for our U-Net and for a diffusers ``UNet2DConditionModel`` with the
+same level widths and a parameter count within 10% (checked: the script stops otherwise), under the same
+threads, memory format and dtype, after warm-up steps; each step is timed on its own and the median is
+reported with the spread (min-max). Both work on the same 3-channel pixels (as
 DeepFloyd IF does; ours sees them as 48 x H/4 x W/4 wavelet coefficients). Every configuration
 runs in its own forked process so that peak memory is measured separately: on CPU the growth of the
 process's peak RSS over its RSS before the model is built (approximate: it also counts library
@@ -10,12 +12,12 @@ pages first touched by the child), on CUDA ``max_memory_allocated``.
 
 Needs the ``bench`` extra (``pip install diffusers``). Usage::
 
-    python benchmarks/unet_throughput.py          # CPU, 2 threads, ~5 min on 2 idle cores
-    python benchmarks/unet_throughput.py --device cuda --bf16 --channels-last --iters 10 \
-        --iters256 10 --warmup256 2 --batch64 32 --batch256 8
+    python benchmarks/unet_throughput.py          # CPU, 2 threads, channels-last, ~10 min on 2 idle cores
+    python benchmarks/unet_throughput.py --device cuda --bf16 --iters 20 --iters256 20 --warmup256 5 \
+        --batch64 32 --batch256 8
 
-Last line: ``unet_throughput: speedup_vs_diffusers_256px=<x>`` = images/s of our small100m over
-diffusers' at 256 px.
+Last line: ``unet_throughput: speedup_vs_diffusers_256px=<x> speedup_vs_diffusers_64px=<y>`` = median
+images/s of our small100m over diffusers' at 256 and 64 px.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ import resource
 import time
 
 # diffusers config per preset: same widths per level as ours, layers_per_block = num_res_blocks,
-# cross-attention blocks only at the deepest level (+ its mid block); counts within 10% of ours.
+# cross-attention blocks only at the deepest level (+ its mid block); counts within 10% of ours (checked).
 DIFFUSERS = {
-    "tiny": dict(block_out_channels=(32, 64, 64), attention_head_dim=32, norm_num_groups=8),
+    "tiny": dict(block_out_channels=(64, 64, 128), attention_head_dim=32, norm_num_groups=16),
     "small100m": dict(block_out_channels=(128, 256, 256, 512), attention_head_dim=64),
 }
 CONTEXT_LEN = 80  # 77 text tokens + camera/media tokens
@@ -101,17 +103,20 @@ def run_one(impl: str, preset: str, res: int, batch: int, iters: int, warmup: in
     sync()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    times = []
     for _ in range(iters):
+        t0 = time.perf_counter()
         step()
-    sync()
-    dt = (time.perf_counter() - t0) / iters
+        sync()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    dt = times[len(times) // 2]
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated()
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
-    return dict(impl=impl, preset=preset, res=res, batch=batch, params=n_params,
-                step_s=dt, img_per_s=batch / dt, peak_mib=peak / 2**20)
+    return dict(impl=impl, preset=preset, res=res, batch=batch, params=n_params, step_s=dt,
+                step_min=times[0], step_max=times[-1], img_per_s=batch / dt, peak_mib=peak / 2**20)
 
 
 def _child(queue, *args, **kwargs) -> None:
@@ -142,12 +147,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast")
-    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                    help="channels-last weights and inputs for both U-Nets (default on)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--iters", type=int, default=1, help="timed steps per configuration at 64 px")
-    ap.add_argument("--iters256", type=int, default=1, help="timed steps per configuration at 256 px")
-    ap.add_argument("--warmup256", type=int, default=0,
-                    help="untimed steps at 256 px (64 px always does 1); 0 keeps the CPU run short")
+    ap.add_argument("--iters", type=int, default=5, help="timed steps per configuration at 64 px")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps at 64 px")
+    ap.add_argument("--iters256", type=int, default=3, help="timed steps per configuration at 256 px")
+    ap.add_argument("--warmup256", type=int, default=1, help="untimed steps at 256 px")
     ap.add_argument("--batch64", type=int, default=4)
     ap.add_argument("--batch256", type=int, default=1)
     ap.add_argument("--presets", default="tiny,small100m")
@@ -160,8 +166,9 @@ def main() -> None:
 
     print(f"device={args.device} bf16={args.bf16} channels_last={args.channels_last} "
           f"threads={args.threads} context_len={CONTEXT_LEN} timed steps: 64px {args.iters} "
-          f"(after 1 warm-up), 256px {args.iters256} (after {args.warmup256} warm-up)")
-    print(f"{'preset':<10} {'px':>4} {'batch':>5} {'impl':<9} {'params':>8} {'step s':>8} "
+          f"(after {args.warmup} warm-up), 256px {args.iters256} (after {args.warmup256} warm-up); "
+          "step time = median (min-max)")
+    print(f"{'preset':<10} {'px':>4} {'batch':>5} {'impl':<9} {'params':>8} {'step s (min-max)':>24} "
           f"{'img/s':>8} {'peak MiB':>9}")
     results = {}
     t_start = time.time()
@@ -171,19 +178,25 @@ def main() -> None:
             for impl in ("ours", "diffusers"):
                 r = run_isolated(impl, preset, res, args.batch64 if small else args.batch256,
                                  iters=args.iters if small else args.iters256,
-                                 warmup=1 if small else args.warmup256, device=args.device,
+                                 warmup=args.warmup if small else args.warmup256, device=args.device,
                                  bf16=args.bf16, channels_last=args.channels_last, threads=args.threads)
                 results[impl, preset, res] = r
+                spread = f"{r['step_s']:.3f} ({r['step_min']:.3f}-{r['step_max']:.3f})"
                 print(f"{preset:<10} {res:>4} {r['batch']:>5} {impl:<9} {r['params'] / 1e6:>7.2f}M "
-                      f"{r['step_s']:>8.3f} {r['img_per_s']:>8.3f} {r['peak_mib']:>9.0f}", flush=True)
+                      f"{spread:>24} {r['img_per_s']:>8.3f} {r['peak_mib']:>9.0f}", flush=True)
             ours, theirs = results["ours", preset, res], results["diffusers", preset, res]
+            if abs(theirs["params"] / ours["params"] - 1) > 0.10:
+                raise SystemExit(f"{preset}: parameter counts differ by more than 10% "
+                                 f"(ours {ours['params']:,}, diffusers {theirs['params']:,}): fix DIFFUSERS")
             print(f"{preset:<10} {res:>4} ours vs diffusers: x{ours['img_per_s'] / theirs['img_per_s']:.2f} "
                   f"images/s, x{theirs['peak_mib'] / max(ours['peak_mib'], 1):.2f} less peak memory "
                   f"(diffusers/ours params {theirs['params'] / ours['params']:.3f})", flush=True)
     print(f"total wall time {time.time() - t_start:.0f} s")
     head = "small100m" if ("ours", "small100m", 256) in results else args.presets.split(",")[-1]
-    speedup = results["ours", head, 256]["img_per_s"] / results["diffusers", head, 256]["img_per_s"]
-    print(f"unet_throughput: speedup_vs_diffusers_256px={speedup:.2f}")
+    speedup = {res: results["ours", head, res]["img_per_s"] / results["diffusers", head, res]["img_per_s"]
+               for res in (256, 64)}
+    print(f"unet_throughput: speedup_vs_diffusers_256px={speedup[256]:.2f} "
+          f"speedup_vs_diffusers_64px={speedup[64]:.2f}")
 
 
 if __name__ == "__main__":
