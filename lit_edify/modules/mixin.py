@@ -10,6 +10,8 @@ for validation; checkpoints store EMA weights as ``state_dict``).
 """
 from __future__ import annotations
 
+import math
+from collections import deque
 from contextlib import contextmanager
 from typing import Sequence
 
@@ -149,12 +151,78 @@ class LaplacianDiffusionMixin:
         return loss.mean()
 
     def _log_sigma_buckets(self, loss: Tensor, sigma: Tensor, split: str) -> None:
-        """Mean loss per decade of sigma, e.g. ``train/loss_sigma_1e-1`` for sigma in [0.1, 1)."""
-        decade = sigma.log10().floor()
-        for d in decade.unique().tolist():
-            sel = decade == d
-            self.log(f"{split}/loss_sigma_1e{int(d)}", loss[sel].mean(), batch_size=int(sel.sum()),
-                     on_step=False, on_epoch=True)
+        """Mean loss per decade of sigma, e.g. ``train/loss_sigma_1e-1`` for sigma in [0.1, 1).
+
+        Validation: the mean over the epoch. Training: the mean over every sample of the decade in the last
+        ``trainer.log_every_n_steps`` optimizer steps, logged each time Lightning writes step metrics, so a
+        decade with few samples per batch still gives a smooth curve over steps. The per-step sums stay on
+        the device; they are read back once per logging step.
+        """
+        if split != "train":
+            decade = sigma.log10().floor()
+            for d in decade.unique().tolist():
+                sel = decade == d
+                self.log(f"{split}/loss_sigma_1e{int(d)}", loss[sel].mean(), batch_size=int(sel.sum()),
+                         on_step=False, on_epoch=True)
+            return
+        if self._trainer is None:
+            return
+        hp, trainer = self.hparams, self.trainer
+        lo, hi = (math.floor(math.log10(max(s, 1e-12))) for s in (hp.sigma_min, hp.sigma_max))
+        idx = (sigma.detach().log10().floor() - lo).clamp(0, hi - lo).long()
+        sums = torch.zeros(2, hi - lo + 1, device=loss.device)
+        sums[0].index_add_(0, idx, loss.detach().float())
+        sums[1].index_add_(0, idx, torch.ones_like(idx, dtype=sums.dtype))
+        size = max(1, trainer.log_every_n_steps) * max(1, trainer.accumulate_grad_batches)  # in micro-batches
+        window = getattr(self, "_sigma_window", None)
+        if window is None or window.maxlen != size:
+            window = self._sigma_window = deque(window or (), maxlen=size)
+        window.append(sums)
+        if not trainer._logger_connector.should_update_logs:  # as LearningRateMonitor does
+            return
+        total, count = torch.stack(tuple(window)).sum(0).tolist()
+        for i, (s, c) in enumerate(zip(total, count)):
+            if c > 0:
+                self.log(f"train/loss_sigma_1e{lo + i}", s / c, batch_size=int(c), on_step=True, on_epoch=False)
+
+    def dashboard_hparams(self) -> dict:
+        """The hyperparameters of TensorBoard's HPARAMS tab (the full set stays in the run's hparams.yaml).
+
+        ``batch_size`` is images per optimizer step (per-device batch x accumulation x devices)."""
+        hp, trainer = self.hparams, self.trainer
+        dm = trainer.datamodule
+        batch = getattr(dm, "batch_size", None) or (dm.hparams.get("batch_size") if dm is not None else None)
+        out = {"unet": hp.get("unet"), "unet_overrides": hp.get("unet_overrides") or None,
+               "resolution": hp.get("resolution"), "factor": hp.get("factor"),
+               "bands": list(hp.get("band_factors") or []), "lr": hp.get("lr"),
+               "batch_size": batch * trainer.accumulate_grad_batches * trainer.world_size if batch else None,
+               "sigma_min": hp.get("sigma_min"), "sigma_max": hp.get("sigma_max"), "p_mean": hp.get("p_mean"),
+               "p_std": hp.get("p_std"), "guidance": hp.get("guidance"), "sample_steps": hp.get("sample_steps"),
+               "max_steps": trainer.max_steps if trainer.max_steps > 0 else None}
+        return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in out.items() if v is not None}
+
+    def on_validation_epoch_end(self) -> None:
+        """TensorBoard: ``hp_metric`` = this validation's ``val/loss`` (same step); after the first validation,
+        the HPARAMS summary: :meth:`dashboard_hparams` with hp_metric and the ``val/*`` metrics as columns."""
+        trainer = self.trainer
+        if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
+            return
+        self.log("hp_metric", trainer.callback_metrics["val/loss"], on_step=False, on_epoch=True)
+        if getattr(self, "_hparams_summary_written", False) or not trainer.is_global_zero:
+            return
+        from lightning.pytorch.loggers import TensorBoardLogger
+        try:
+            from torch.utils.tensorboard.summary import hparams
+        except ImportError:  # tensorboardX only
+            from tensorboardX.summary import hparams
+        names = ["hp_metric"] + sorted(k for k in trainer.callback_metrics
+                                       if k.startswith("val/") and "loss_sigma" not in k)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                writer = logger.experiment._get_file_writer()  # as TensorBoardLogger.log_hyperparams does
+                for summary in hparams(self.dashboard_hparams(), dict.fromkeys(names, 0.0)):
+                    writer.add_summary(summary)
+        self._hparams_summary_written = True
 
     def configure_optimizers(self):
         """AdamW with linear warmup then a constant learning rate (Sec. 3.5)."""
