@@ -12,7 +12,11 @@ class BaseModel(LaplacianDiffusionMixin, L.LightningModule):
     Its own schedule attenuates the detail band above ``band_factors[0]`` between ``band_starts`` and
     ``band_cutoffs`` (one network for the whole interval, Sec. 2.2.2). Defaults are the tiny CPU model;
     ``recipes/base256.yaml`` sets the paper-scale values (2.7B U-Net, T5-XXL, 256 px). Image sides are
-    multiples of ``bucket_multiple`` (default: the U-Net's own multiple).
+    multiples of ``bucket_multiple`` (default: the U-Net's own multiple). ``guidance_interval = (lo, hi)``
+    applies classifier-free guidance only for sigma in [lo, hi] (at this stage's resolution).
+    ``channels_last`` stores the convolution weights channels-last (faster with oneDNN on CPU and cuDNN),
+    ``fused_adamw`` uses AdamW's fused kernel, ``compile`` runs the U-Net through ``torch.compile`` during
+    fit (worth it on GPUs and for long CPU runs: on 2 CPU cores compiling takes about 3 minutes).
     """
 
     def __init__(
@@ -45,7 +49,11 @@ class BaseModel(LaplacianDiffusionMixin, L.LightningModule):
         sample_steps: int = 32,
         sample_solver: str = "dpmpp_2m",
         guidance: float = 3.0,
+        guidance_interval: tuple[float, float] | None = None,
         bucket_multiple: int | None = None,
+        channels_last: bool = True,
+        fused_adamw: bool = True,
+        compile: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -55,4 +63,4 @@ class BaseModel(LaplacianDiffusionMixin, L.LightningModule):
             band_starts=band_starts, schedule_shape=schedule_shape, sigma_min=sigma_min, sigma_max=sigma_max,
             p_mean=p_mean, p_std=p_std, sigma_data=sigma_data, p_drop_text=p_drop_text,
             p_drop_camera=p_drop_camera, p_drop_media=p_drop_media, num_pitch=num_pitch, num_dof=num_dof,
-            num_media=num_media, bucket_multiple=bucket_multiple)
+            num_media=num_media, bucket_multiple=bucket_multiple, channels_last=channels_last)
