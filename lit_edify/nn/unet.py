@@ -283,7 +283,7 @@ class EdifyUNet(nn.Module):
         return unit(h, emb, context, mask)
 
     def forward(self, x: Tensor, c_noise: Tensor, context: Tensor, context_mask: Tensor | None = None,
-                extra: Tensor | None = None) -> Tensor:
+                extra: Tensor | None = None, control: list[Tensor] | None = None) -> Tensor:
         """Raw network output F (EDM preconditioning is applied outside).
 
         Args:
@@ -294,6 +294,9 @@ class EdifyUNet(nn.Module):
             context_mask: (B, L) bool, True = attend; None = all tokens. A row with no True entry
                 attends to all its tokens (instead of producing NaN).
             extra: (B, extra_in_channels, H, W) float pixels or None.
+            control: ControlNet residuals (``lit_edify.nn.controlnet``) or None: one per skip, in the
+                order the encoder stores them, then one for the middle block's output; each is added to
+                its feature map (same shape). None (or all zeros) leaves the output unchanged.
         Returns:
             (B, in_channels, H, W) in ``x.dtype``, unbounded (zero at initialisation).
         """
@@ -323,6 +326,12 @@ class EdifyUNet(nn.Module):
             skips.append(h)
         for unit in self.mid:
             h = self._run(unit, h, emb, context, context_mask)
+        if control is not None:  # ControlNet (report Sec. 5): residuals added to the skips and the middle
+            if len(control) != len(skips) + 1:
+                raise ValueError(f"control must hold {len(skips) + 1} residuals (one per skip, then the middle), "
+                                 f"got {len(control)}; build the ControlNet from this U-Net")
+            skips = [s + r.to(s.dtype) for s, r in zip(skips, control)]
+            h = h + control[-1].to(h.dtype)
         for unit in self.dec:
             if unit.res.resample != "up":
                 h = torch.cat([h, skips.pop()], dim=1)
