@@ -1,10 +1,11 @@
 """LightningModules of the suite, one file per model of the report, and the registry of the classes a
 checkpoint may instantiate (:mod:`lit_edify.modules.registry`)."""
 from .base import BaseModel
+from .controlnet import ControlNetModule
 from .registry import MODULES, module_class, register
 from .upsampler import Upsampler
 
 register(BaseModel)
 register(Upsampler)
 
-__all__ = ["MODULES", "BaseModel", "Upsampler", "module_class", "register"]
+__all__ = ["MODULES", "BaseModel", "ControlNetModule", "Upsampler", "module_class", "register"]

@@ -1,0 +1,249 @@
+"""ControlNet training on a frozen base (Edify Image Sec. 5): only the control encoder learns.
+
+The base (or upsampler) checkpoint is loaded by path (:func:`load_frozen_base`, the safe loader) and frozen:
+no gradients, not in the optimizer, not in the EMA and not in this module's state_dict. The module is tied
+to it by the checkpoint path and the sha256 of its weights (``base_sha256`` hyper-parameter), and refuses a
+base whose weights hash differently. The loss is the base's Laplacian EDM loss (the mixin's
+``diffusion_loss``) with the ControlNet residuals added inside the denoiser; the hint is zeroed with
+probability ``p_drop_hint`` (and the base's text / camera / media dropout is applied) so that classifier-free
+guidance over text and hint works at sampling time.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.data import AttributeDict
+
+from data_modules.hints import HINT_CHANNELS, check_hint_type
+from lit_edify.diffusion.edm import denoising_loss, precondition, sample_sigmas
+from lit_edify.diffusion.plans import sample_plan
+from lit_edify.nn.controlnet import ControlNet
+
+from .mixin import LABELS, LaplacianDiffusionMixin
+from .registry import register
+
+Tensor = torch.Tensor
+__all__ = ["ControlNetModule", "BaseMismatchError", "load_frozen_base", "weights_sha256"]
+_BASES: dict[tuple, L.LightningModule] = {}
+
+
+class BaseMismatchError(ValueError):
+    """A ControlNet paired with a base whose weights are not the ones it was trained on."""
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """sha256 over the module's state_dict (sorted names, dtypes, shapes and raw bytes): identifies a base."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def load_frozen_base(path: str | Path) -> L.LightningModule:
+    """A trained base / upsampler from a ``.ckpt`` or ``.safetensors`` file (safe loader), frozen, in eval mode,
+    with ``lit_edify_sha256`` set. Cached per process by (resolved path, mtime, size): ControlNets that name
+    the same file share one copy."""
+    from lit_edify.pipelines.checkpoints import load_module
+
+    p = Path(path).resolve()
+    key = (str(p), p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else None
+    if key is None or key not in _BASES:  # a missing file: load_module raises FileNotFoundError with advice
+        base = load_module(p).requires_grad_(False).eval()
+        if isinstance(base, ControlNetModule):
+            raise ValueError(f"{path} is a ControlNet checkpoint; base_ckpt must be a base or upsampler checkpoint")
+        base.lit_edify_sha256 = weights_sha256(base)
+        _BASES[key] = base
+    return _BASES[key]
+
+
+class _Frozen:
+    """Holds the frozen base outside the module tree; deep copies (the EMA's AveragedModel) share it."""
+
+    def __init__(self, module: L.LightningModule):
+        self.module = module
+
+    def __deepcopy__(self, memo: dict) -> _Frozen:
+        return self
+
+
+class _WithBaseHParams(AttributeDict):
+    """This module's own hyper-parameters (what checkpoints store); a name it lacks (noise range, schedule,
+    resolution, solver, ...) is read from the frozen base's hyper-parameters."""
+
+    def __init__(self, own: dict, base: dict):
+        super().__init__(own)
+        object.__setattr__(self, "_base_hparams", dict(base))
+
+    def __getattr__(self, key: str):
+        if key in self:
+            return self[key]
+        base = self.__dict__.get("_base_hparams", {})  # absent while copy / pickle rebuild the object
+        if key in base:
+            return base[key]
+        raise AttributeError(f"no hyper-parameter {key!r} in the ControlNet module or its base")
+
+
+@register
+class ControlNetModule(LaplacianDiffusionMixin, L.LightningModule):
+    """A ControlNet trained on a frozen base (report Sec. 5).
+
+    Args:
+        base_ckpt: trained base or upsampler checkpoint (``.ckpt`` / ``.safetensors``).
+        hint: control type, one of ``canny``, ``hed``, ``depth``, ``inpaint`` (see ``data_modules.hints``).
+        p_drop_hint: probability of zeroing a sample's hint in training (guidance over the hint).
+        control_weight: default control weight at sampling.
+        hint_hidden: width of the hint block (default: the U-Net's first-level width).
+        lr, betas, weight_decay, warmup_steps, fused_adamw: AdamW with linear warmup (as the base).
+        projection_lr_scale: learning-rate multiplier of the zero-initialised projections and the hint block's
+            last conv (the parts that start at zero).
+        sample_steps, sample_solver, guidance: sampling defaults; None = the base's.
+        base_sha256: sha256 of the base's weights (:func:`weights_sha256`); None = computed now and stored,
+            so the checkpoint refuses any other base.
+    """
+
+    def __init__(self, base_ckpt: str, hint: str = "canny", p_drop_hint: float = 0.1, control_weight: float = 1.0,
+                 hint_hidden: int | None = None, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0.0, warmup_steps: int = 100, fused_adamw: bool = True,
+                 projection_lr_scale: float = 1.0, sample_steps: int | None = None, sample_solver: str | None = None,
+                 guidance: float | None = None, base_sha256: str | None = None):
+        super().__init__()
+        check_hint_type(hint)
+        if not 0.0 <= p_drop_hint <= 1.0:
+            raise ValueError(f"p_drop_hint must be in [0, 1], got {p_drop_hint}")
+        base = load_frozen_base(base_ckpt)
+        if base_sha256 is not None and base_sha256 != base.lit_edify_sha256:
+            raise BaseMismatchError(
+                f"base checkpoint {base_ckpt} has weights sha256 {base.lit_edify_sha256} but this ControlNet was "
+                f"trained on a base with sha256 {base_sha256}; pass the base checkpoint it was trained on "
+                "(--ckpt / base_ckpt) or retrain the ControlNet on this base")
+        self.save_hyperparameters()
+        self.hparams["base_sha256"] = base.lit_edify_sha256
+        for key in ("sample_steps", "sample_solver", "guidance"):
+            if self.hparams[key] is None:
+                self.hparams[key] = base.hparams[key]
+        self._hparams = _WithBaseHParams(self.hparams, base.hparams)
+        self._frozen = _Frozen(base)
+        self.schedule, self.sigma_data = base.schedule, base.sigma_data
+        self.resolution_multiple = base.resolution_multiple
+        self.controlnet = ControlNet(base.net, HINT_CHANNELS[hint], hint_hidden)
+
+    # the frozen base and its conditioning, outside the module tree (no state_dict / EMA / optimizer entries)
+    @property
+    def base(self) -> L.LightningModule:
+        """The frozen base module, moved to this module's device on first use there."""
+        base = self._frozen.module
+        if base.device != self.device:
+            base.to(self.device)
+        return base
+
+    @property
+    def embedder(self):
+        return self.base.embedder
+
+    @property
+    def _text_encoder(self):
+        return self._frozen.module._text_encoder
+
+    # ----------------------------------------------------------------------------------- denoiser
+    def controlled_net(self, x: Tensor, c_noise: Tensor, context: Tensor, context_mask: Tensor | None = None,
+                       extra: Tensor | None = None, hint: Tensor | None = None,
+                       weight: float | Tensor = 1.0) -> Tensor:
+        """Raw network F of the base with this ControlNet's residuals; hint (B, C_hint, H, W) at pixel size."""
+        residuals = self.controlnet(x, c_noise, context, context_mask, hint, weight, extra=extra)
+        return self.base.net(x, c_noise, context, context_mask, extra, control=residuals)
+
+    def denoise(self, x: Tensor, sigma: Tensor, context: Tensor, context_mask: Tensor, extra: Tensor | None = None,
+                hint: Tensor | None = None, weight: float | Tensor | None = None) -> Tensor:
+        """Controlled D(x, sigma) (EDM preconditioning). hint None = the base denoiser alone."""
+        if hint is None:
+            return self.base.denoise(x, sigma, context, context_mask, extra)
+        weight = self.hparams.control_weight if weight is None else weight
+        return precondition(self.controlled_net, x, sigma, self.sigma_data, context=context,
+                            context_mask=context_mask, extra=extra, hint=hint, weight=weight)
+
+    # ----------------------------------------------------------------------------------- training
+    def training_hint(self, batch: dict) -> Tensor:
+        """batch["hint"] (B, C_hint, H, W) with each sample zeroed with probability p_drop_hint in training."""
+        if "hint" not in batch:
+            raise KeyError(f"the batch has no 'hint': wrap the data in data_modules.hints.HintDataModule with "
+                           f"hint={self.hparams.hint!r} (see recipes/tiny/controlnet_{self.hparams.hint}.yaml)")
+        hint = batch["hint"].to(self.device, torch.float32)
+        if self.training and self.hparams.p_drop_hint > 0:
+            keep = torch.rand(hint.shape[0], device=hint.device) >= self.hparams.p_drop_hint
+            hint = hint * keep.view(-1, 1, 1, 1).to(hint.dtype)
+        return hint
+
+    def _training_conditions(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """Context with the base's per-group dropout probabilities (the frozen embedder is in eval mode)."""
+        b, emb = len(batch["caption"]), self.embedder
+        drops = [torch.rand(b, device=self.device) < p if self.training else False
+                 for p in (emb.p_drop_text, emb.p_drop_camera, emb.p_drop_media)]
+        tokens, mask = self._text_encoder.to(self.device).encode(list(batch["caption"]))
+        labels = [self._labels(batch.get(k), b) for k in LABELS]
+        return emb(tokens.to(self.device), mask.to(self.device), *labels, *drops)
+
+    def diffusion_loss(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """Per-sample Laplacian EDM loss of the controlled denoiser (the base's loss) and the sigmas used."""
+        x0, hp = batch["image"], self.hparams
+        context, mask = self._training_conditions(batch)
+        hint = self.training_hint(batch)
+        sigma = sample_sigmas(x0.shape[0], hp.p_mean, hp.p_std, hp.sigma_min, hp.sigma_max, device=self.device)
+        return denoising_loss(lambda x, s: self.denoise(x, s, context, mask, hint=hint), x0, sigma, self.schedule,
+                              self.sigma_data), sigma
+
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        kind = getattr(dm, "hint", None)
+        if kind is not None and kind != self.hparams.hint:
+            raise ValueError(f"the data gives {kind!r} hints but this ControlNet is configured for "
+                             f"{self.hparams.hint!r}; set the same hint type in model and data")
+
+    def configure_optimizers(self):
+        """AdamW over the ControlNet only (the base has no trainable parameters), zero-initialised layers at
+        ``lr * projection_lr_scale``; linear warmup then constant."""
+        hp, cn = self.hparams, self.controlnet
+        zero = {id(p) for m in (*cn.zero_convs, cn.mid_out, cn.hint_block.convs[-1]) for p in m.parameters()}
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if id(p) not in zero], "lr": hp.lr},
+                  {"params": [p for p in params if id(p) in zero], "lr": hp.lr * hp.projection_lr_scale}]
+        fused = hp.fused_adamw and all(p.device.type in ("cpu", "cuda") for p in params)
+        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay,
+                                fused=fused or None)
+        warm = max(1, hp.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ----------------------------------------------------------------------------------- sampling
+    def stage(self, captions: list[str], *, hint: Tensor | None = None, weight: float | Tensor | None = None,
+              pitch=None, dof=None, media_type=None, steps: int | None = None, guidance: float | None = None,
+              factor: int = 1, extra: Tensor | None = None):
+        """This ControlNet on its base as one sampling Stage (CFG over text and hint, see pipelines.controlled)."""
+        from lit_edify.pipelines.controlled import controlled_stage
+
+        weight = self.hparams.control_weight if weight is None else weight
+        return controlled_stage(self.base, captions, [(self, hint, weight)], pitch=pitch, dof=dof,
+                                media_type=media_type, steps=steps or self.hparams.sample_steps,
+                                guidance=self.hparams.guidance if guidance is None else guidance, factor=factor)
+
+    @torch.no_grad()
+    def generate(self, captions: list[str], *, hint: Tensor | None = None, weight: float | Tensor | None = None,
+                 pitch=None, dof=None, media_type=None, aspect: str = "1:1", seed: int = 0,
+                 steps: int | None = None, solver: str | None = None, guidance: float | None = None,
+                 progress=None) -> Tensor:
+        """Controlled text -> image with the base alone; hint (N, C_hint, H, W) at the image size of ``aspect``
+        (:meth:`image_shape`). Returns (N, 3, H, W) in [-1, 1]."""
+        if hint is None:
+            raise TypeError(f"ControlNetModule.generate needs hint=(N, {HINT_CHANNELS[self.hparams.hint]}, H, W) "
+                            "(see data_modules.hints); use the base module for uncontrolled samples")
+        h, w = self.image_shape(aspect)
+        st = self.stage(captions, hint=hint.to(self.device), weight=weight, pitch=pitch, dof=dof,
+                        media_type=media_type, steps=steps, guidance=guidance)
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        x = sample_plan([st], (len(captions), 3, h, w), "cascade", solver or self.hparams.sample_solver,
+                        generator=g, device=self.device, progress=progress)
+        return x.clamp(-1, 1)
