@@ -16,6 +16,7 @@ A zero hint means "no control" (what hint dropout feeds the ControlNet in traini
 """
 from __future__ import annotations
 
+import copy
 import functools
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["HED", "HINT_CHANNELS", "HintDataModule", "TASKS", "border_mask", "canny", "check_hint_type",
+__all__ = ["DepthFileMaker", "HED", "HINT_CHANNELS", "HintDataModule", "TASKS", "border_mask", "canny", "check_hint_type",
            "check_mask", "hed", "inpaint_control", "load_depth_file", "make_hint", "object_mask", "resize_hint",
            "stroke_mask", "task_onehot"]
 
@@ -144,6 +145,26 @@ def load_depth_file(image_path: str | Path, shape: tuple[int, int]) -> Tensor:
         raise FileNotFoundError(f"no depth map {path} for {image_path}: depth hints need data that carries depth "
                                 "(the shapes dataset, or a <name>.depth.png per image, 255 = near)")
     return load_tensor(path, shape).mean(0, keepdim=True)
+
+
+class DepthFileMaker:
+    """Wraps an ``ImageTextDataModule`` ``SampleMaker``: each sample also gets ``depth`` (1, H, W) from the
+    ``<name>.depth.png`` next to its image file (:func:`load_depth_file`; a missing file makes the sample bad)."""
+
+    def __init__(self, maker):
+        self.maker = maker
+
+    def __getattr__(self, name: str):
+        if name == "maker":  # not yet set (unpickling in a DataLoader worker)
+            raise AttributeError(name)
+        return getattr(self.maker, name)
+
+    def make(self, src, aspect: str, caption, long_caption, meta, rng) -> dict:
+        sample = self.maker.make(src, aspect, caption, long_caption, meta, rng)
+        if not isinstance(src, (str, Path)):
+            raise FileNotFoundError("depth hints from files need images stored as files (<name>.depth.png beside)")
+        sample["depth"] = load_depth_file(src, self.maker.shapes[aspect])
+        return sample
 
 
 def _depth(batch: dict) -> Tensor:
@@ -289,6 +310,12 @@ class HintDataModule(L.LightningDataModule):
                  canny_low: float = 100, canny_high: float = 200, seed: int = 0):
         super().__init__()
         self.data, self.hint = data, check_hint_type(hint)
+        nested = data.hparams.get("data") if "hint" in data.hparams else None
+        if isinstance(nested, dict) and isinstance(nested.get("init_args"), dict):
+            # LightningCLI builds the nested DataModule while this one's config is the "given" hyper-parameters,
+            # so it saved ours; give it back its own init args (as they appear in the CLI config).
+            data._set_hparams(dict(nested["init_args"]))
+            data._hparams_initial = copy.deepcopy(data._hparams)
         bad = [t for t in tasks if t not in TASKS]
         if bad or not tasks:
             raise ValueError(f"unknown inpainting task(s) {bad}; choose from {list(TASKS)}")
@@ -305,6 +332,10 @@ class HintDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._share_trainer()
         self.data.setup(stage)
+        if self.hint == "depth":  # image folders: read <name>.depth.png beside each image
+            for ds in (getattr(self.data, "train_set", None), getattr(self.data, "val_set", None)):
+                if ds is not None and hasattr(ds, "maker") and not isinstance(ds.maker, DepthFileMaker):
+                    ds.maker = DepthFileMaker(ds.maker)
 
     def train_dataloader(self):
         self._share_trainer()

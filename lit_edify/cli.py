@@ -116,6 +116,8 @@ def sample_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="samples", help="output folder for PNGs")
+    from lit_edify.commands.control import add_control_arguments
+    add_control_arguments(p)  # --control KIND=FILE, --controlnet-ckpt, --control-weight, --mask, --task
     return p
 
 
@@ -160,19 +162,27 @@ def sample_main(argv: list[str]) -> int:
     from rich.progress import track
 
     from lit_edify.io import save_image_atomic, write_text_atomic
+    from lit_edify.commands.control import check_control_args, load_controls
+    from lit_edify.modules.controlnet import load_frozen_base
+    from lit_edify.pipelines.controlled import controlled_text_to_image
     from lit_edify.pipelines.text2image import load_module, text_to_image
 
     parser = sample_parser()
     a = parser.parse_args(argv)
     check_sample_args(parser, a)
-    base = load_module(a.ckpt, a.device)
+    check_control_args(parser, a)
+    base = load_frozen_base(a.ckpt).to(a.device) if a.control else load_module(a.ckpt, a.device)
     upsampler = load_module(a.upsampler_ckpt, a.device) if a.upsampler_ckpt else None
     n = len(a.prompt)
-    images = text_to_image(
-        base, a.prompt, upsampler=upsampler, plan=a.plan, aspect=a.aspect, seed=a.seed, steps=a.steps,
-        upsampler_steps=a.upsampler_steps, solver=a.solver, guidance=a.guidance, pitch=[a.pitch] * n,
-        dof=[a.dof] * n, media_type=[a.media_type] * n,
-        progress=lambda it: track(it, description="sampling", transient=True))
+    kw = dict(upsampler=upsampler, plan=a.plan, aspect=a.aspect, seed=a.seed, steps=a.steps,
+              upsampler_steps=a.upsampler_steps, solver=a.solver, guidance=a.guidance, pitch=[a.pitch] * n,
+              dof=[a.dof] * n, media_type=[a.media_type] * n,
+              progress=lambda it: track(it, description="sampling", transient=True))
+    if a.control:  # ControlNets on the frozen base; the upsampler (if any) is reused unchanged
+        controls = load_controls(a, base, n, base.image_shape(a.aspect))
+        images = controlled_text_to_image(base, a.prompt, controls, **kw)
+    else:
+        images = text_to_image(base, a.prompt, **kw)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(images):

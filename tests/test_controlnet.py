@@ -193,3 +193,50 @@ def test_paper_scale_controlnet_builds_on_the_meta_device():
     assert 0.3 * n_unet < n_cn < 0.6 * n_unet  # encoder + middle copies: about half of the U-Net
     assert len(cn.zero_convs) == len(unet.enc) + 1 and cn.use_checkpoint
     copy.deepcopy(cn)  # EMA copies of it also build on meta
+
+
+@pytest.mark.parametrize("hint", ["canny", "depth", "inpaint"])
+def test_recipes_pair_model_and_data_hints_and_paper_scale_keeps_the_base_batch(hint):
+    import yaml
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1] / "recipes"
+    base = yaml.safe_load((root / "base256.yaml").read_text())
+    for path in (root / f"controlnet_{hint}.yaml", root / "tiny" / f"controlnet_{hint}.yaml"):
+        cfg = yaml.safe_load(path.read_text())
+        model, data = cfg["model"]["init_args"], cfg["data"]["init_args"]
+        assert cfg["model"]["class_path"] == "lit_edify.modules.controlnet.ControlNetModule"
+        assert model["hint"] == data["hint"] == hint and model["base_ckpt"]
+    paper = yaml.safe_load((root / f"controlnet_{hint}.yaml").read_text())
+    assert paper["trainer"]["precision"] == "bf16-mixed"
+    inner = paper["data"]["init_args"]["data"]["init_args"]
+    for key in ("batch_size", "resolution", "multiple", "aspects"):
+        assert inner[key] == base["data"]["init_args"][key]
+    assert [paper["trainer"][k] for k in ("devices", "num_nodes")] == [base["trainer"][k] for k in ("devices", "num_nodes")]
+
+
+def test_sample_cli_with_controls(base_ckpt, tmp_path, capsys):
+    from PIL import Image
+
+    from lit_edify.cli import main
+
+    canny_cn, inpaint_cn = ControlNetModule(base_ckpt, hint="canny"), ControlNetModule(base_ckpt, hint="inpaint")
+    randomize_projections(canny_cn), randomize_projections(inpaint_cn)
+    c1, c2 = save_module(canny_cn, tmp_path / "canny.ckpt"), save_module(inpaint_cn, tmp_path / "inpaint.ckpt")
+    edges, mask = Image.new("L", (40, 40)), Image.new("L", (40, 40))
+    edges.paste(255, (10, 10, 30, 11)), mask.paste(255, (5, 5, 20, 20))
+    edges.save(tmp_path / "edges.png"), mask.save(tmp_path / "mask.png")
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "image.png")
+    common = ["sample", "--ckpt", base_ckpt, "--prompt", "a red circle", "--steps", "2", "--out", str(tmp_path / "o")]
+    assert main(common + ["--controlnet-ckpt", c1, "--control", f"canny={tmp_path / 'edges.png'}",
+                          "--controlnet-ckpt", c2, "--control", f"inpaint={tmp_path / 'image.png'}",
+                          "--mask", str(tmp_path / "mask.png"), "--task", "replace", "--control-weight", "0.8"]) == 0
+    assert Image.open(tmp_path / "o" / "000.png").size == (16, 16)
+    with pytest.raises(SystemExit):
+        main(common + ["--control", f"canny={tmp_path / 'edges.png'}"])  # no --controlnet-ckpt
+    assert "give one --controlnet-ckpt per --control" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(common + ["--controlnet-ckpt", c2, "--control", f"inpaint={tmp_path / 'image.png'}", "--mask",
+                       str(tmp_path / "mask.png"), "--task", "fill"])
+    assert "--task 'fill' is unknown; choose one of ['replace', 'inpaint', 'outpaint']" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="paired with a 'inpaint' ControlNet"):
+        main(common + ["--controlnet-ckpt", c2, "--control", f"canny={tmp_path / 'edges.png'}"])

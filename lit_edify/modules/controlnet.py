@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.utilities.data import AttributeDict
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
 from data_modules.hints import HINT_CHANNELS, check_hint_type
 from lit_edify.diffusion.edm import denoising_loss, precondition, sample_sigmas
@@ -46,17 +47,24 @@ def weights_sha256(module: torch.nn.Module) -> str:
 
 def load_frozen_base(path: str | Path) -> L.LightningModule:
     """A trained base / upsampler from a ``.ckpt`` or ``.safetensors`` file (safe loader), frozen, in eval mode,
-    with ``lit_edify_sha256`` set. Cached per process by (resolved path, mtime, size): ControlNets that name
+    with ``lit_edify_sha256`` and ``lit_edify_path`` set. Cached per process by (resolved path, mtime, size): ControlNets that name
     the same file share one copy."""
     from lit_edify.pipelines.checkpoints import load_module
 
     p = Path(path).resolve()
     key = (str(p), p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else None
     if key is None or key not in _BASES:  # a missing file: load_module raises FileNotFoundError with advice
-        base = load_module(p).requires_grad_(False).eval()
+        # LightningCLI builds this module with its config as the "given" hyper-parameters (a context variable);
+        # without clearing it, the base's save_hyperparameters() would record the ControlNet's config.
+        token = _given_hyperparameters.set(None)
+        try:
+            base = load_module(p).requires_grad_(False).eval()
+        finally:
+            _given_hyperparameters.reset(token)
         if isinstance(base, ControlNetModule):
             raise ValueError(f"{path} is a ControlNet checkpoint; base_ckpt must be a base or upsampler checkpoint")
         base.lit_edify_sha256 = weights_sha256(base)
+        base.lit_edify_path = str(p)
         _BASES[key] = base
     return _BASES[key]
 

@@ -17,8 +17,24 @@ from lit_edify.diffusion.samplers import CFGDenoiser
 from lit_edify.modules.controlnet import BaseMismatchError
 from lit_edify.nn.controlnet import control_weight, sum_residuals
 
-__all__ = ["controlled_stage", "controlled_text_to_image"]
+__all__ = ["controlled_stage", "controlled_text_to_image", "load_controlnet"]
 Tensor = torch.Tensor
+
+
+def load_controlnet(path: str, base, device: str = "cpu"):
+    """A ControlNet checkpoint attached to ``base`` (a module from ``load_frozen_base``), in eval mode.
+
+    The checkpoint's recorded base path is replaced by ``base``'s; the weights hash must still match
+    (:class:`BaseMismatchError` names both hashes otherwise). Only registered classes are built (safe loader)."""
+    from lit_edify.modules.controlnet import ControlNetModule
+    from lit_edify.pipelines.checkpoints import CheckpointError, read_checkpoint
+
+    cls, hparams, state, _ = read_checkpoint(path)
+    if cls is not ControlNetModule:
+        raise CheckpointError(f"{path} is a {cls.__name__} checkpoint, not a ControlNet (--controlnet-ckpt)")
+    cn = ControlNetModule(**{**hparams, "base_ckpt": base.lit_edify_path})
+    cn.load_state_dict(state)
+    return cn.to(device).eval()
 
 
 def _check_controls(base, controls: Sequence[tuple], n: int, shape: tuple[int, int]) -> None:
