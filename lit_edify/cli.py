@@ -14,7 +14,6 @@ the job checkpoints and requeues itself before the time limit (see recipes/slurm
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import unicodedata
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
+
+from lit_edify.commands.argtypes import finite_float, positive_int
 
 PROJECT_COMMANDS = ("quickstart", "sample", "data", "benchmark", "export")
 
@@ -76,28 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _steps(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
-    return value
-
-
-def _finite(text: str) -> float:
-    """argparse type: a finite float (nan / inf guidance would write black images)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
 def sample_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lit-edify sample", description="Generate images from trained checkpoints.")
     p.add_argument("--ckpt", required=True, help="base model checkpoint (.ckpt or exported .safetensors)")
@@ -105,10 +84,10 @@ def sample_parser() -> argparse.ArgumentParser:
                    "2-stage plans")
     p.add_argument("--prompt", action="append", required=True, help="caption; repeat for several images")
     p.add_argument("--aspect", default="1:1", choices=["1:1", "4:3", "3:4", "16:9", "9:16"])
-    p.add_argument("--steps", type=_steps, help="base solver steps >= 1 (default: the model's sample_steps)")
-    p.add_argument("--upsampler-steps", type=_steps)
+    p.add_argument("--steps", type=positive_int, help="base solver steps >= 1 (default: the model's sample_steps)")
+    p.add_argument("--upsampler-steps", type=positive_int)
     p.add_argument("--solver", choices=["dpmpp_2m", "ddim", "euler", "heun"])
-    p.add_argument("--guidance", type=_finite, help="classifier-free guidance scale of the base")
+    p.add_argument("--guidance", type=finite_float, help="classifier-free guidance scale of the base")
     p.add_argument("--plan", default="cascade", choices=["cascade", "switch"])
     p.add_argument("--pitch", type=int, default=-1, help="0 ascending, 1 eye level, 2 descending, -1 unknown")
     p.add_argument("--dof", type=int, default=-1, help="0 shallow, 1 deep, -1 unknown")

@@ -32,6 +32,7 @@ from lightning.pytorch import Callback
 from rich.console import Console
 from rich.table import Table
 
+from lit_edify.commands.argtypes import finite_float, positive_int
 from lit_edify.io import save_image_atomic, write_text_atomic
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
@@ -49,7 +50,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", default="shapes", choices=sorted(DATASETS))
     p.add_argument("--config", action="append", help="recipe(s) to train instead of the dataset's defaults")
     p.add_argument("--out", default=None, help="output folder (default runs/quickstart[_<data>])")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: 3000 shapes, 6000 images)")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 3000 shapes, 6000 images)")
     p.add_argument("--max-minutes", type=float, default=60.0, help="safety cap on training time")
     p.add_argument("--seed", type=int, default=0, help="training seed (data order, noise, initial weights)")
     p.add_argument("--data-root", default="data", help="where image datasets are prepared")
@@ -58,12 +59,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-reference", type=int, default=10000, help="image data: real test images for FID")
     p.add_argument("--classifier-steps", type=int, default=1000, help="image data: training steps of the "
                    "classifier that scores adherence (trained once on the real test images, then cached)")
-    p.add_argument("--sample-steps", type=int, default=None, help="sampling steps (default: the recipe's)")
-    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--sample-steps", type=positive_int, default=None, help="sampling steps (default: the recipe's)")
+    p.add_argument("--guidance", type=finite_float, default=None)
     p.add_argument("--ckpt", default=None, help="skip training and evaluate this checkpoint (.ckpt/.safetensors)")
     a = p.parse_args(argv)
-    if a.steps is not None and a.steps < 1:
-        p.error(f"--steps must be >= 1, got {a.steps}")
     a.out = Path(a.out or ("runs/quickstart" if a.data == "shapes" else f"runs/quickstart_{a.data}"))
     return a
 
