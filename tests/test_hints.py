@@ -102,3 +102,24 @@ def test_depth_needs_data_that_carries_depth(tmp_path):
     Image.new("L", (20, 10), 255).save(tmp_path / "a.depth.png")
     d = load_depth_file(tmp_path / "a.png", (8, 16))
     assert d.shape == (1, 8, 16) and torch.allclose(d, torch.ones_like(d))
+
+
+def test_depth_file_maker_adds_depth_beside_image_files(tmp_path):
+    import pickle
+    import random
+
+    from PIL import Image
+
+    from data_modules.captions import CaptionMixer
+    from data_modules.hints import DepthFileMaker
+    from data_modules.samples import SampleMaker
+
+    Image.new("RGB", (20, 20), (10, 200, 10)).save(tmp_path / "a.png")
+    Image.new("L", (20, 20), 0).save(tmp_path / "a.depth.png")
+    maker = pickle.loads(pickle.dumps(DepthFileMaker(SampleMaker(16, 8, ["1:1"], CaptionMixer(), None))))
+    meta = {"pitch": -1, "dof": -1, "media_type": -1, "aesthetic": 0.0}
+    s = maker.make(str(tmp_path / "a.png"), "1:1", "a cap", None, meta, random.Random(0))
+    assert s["depth"].shape == (1, 16, 16) and torch.allclose(s["depth"], -torch.ones(1, 16, 16))
+    Image.new("RGB", (20, 20)).save(tmp_path / "b.png")
+    with pytest.raises(FileNotFoundError, match="b.depth.png"):
+        maker.make(str(tmp_path / "b.png"), "1:1", "a cap", None, meta, random.Random(0))
