@@ -121,10 +121,15 @@ def _labels(ps):
     return {k: [p[k] for p in ps] for k in ("pitch", "dof", "media_type")}
 
 
+GUIDANCE: list[float | None] = [None]  # --guidance: None = each ControlNet's sampling default
+
+
 def sample(cn, captions, hint, weight, ps, seed=0):
+    """Controlled samples (base alone at weight 0) with CFG over text and hint at the benchmark's guidance."""
     from lit_edify.pipelines.controlled import controlled_text_to_image
 
-    return controlled_text_to_image(cn.base, captions, [(cn, hint, weight)], seed=seed, **_labels(ps))
+    g = cn.hparams.guidance if GUIDANCE[0] is None else GUIDANCE[0]
+    return controlled_text_to_image(cn.base, captions, [(cn, hint, weight)], seed=seed, guidance=g, **_labels(ps))
 
 
 def eval_edges(cn, ps, batch) -> tuple[dict, list]:
@@ -210,10 +215,13 @@ def main(argv=None) -> dict:
     p.add_argument("--max-steps", type=int, help="override the recipe's max_steps")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--n", type=int, default=48, help="evaluation prompts")
+    p.add_argument("--guidance", type=float, help="CFG scale (text + hint) for every sample; default: each "
+                   "ControlNet's own sampling default (its guidance hyper-parameter)")
     p.add_argument("--reuse", action="store_true", help="score <out>/<hint>/final.ckpt without training")
     p.add_argument("--out", default=str(ROOT / "runs" / "controlnet_adherence"))
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    GUIDANCE[0] = a.guidance
     out = Path(a.out)
     hints = [h for h in a.hints.split(",") if h]
     bad = [h for h in hints if h not in HINTS]
@@ -238,7 +246,8 @@ def main(argv=None) -> dict:
 
         cn = load_module(ckpt)
         print(f"{hint}: checkpoint {ckpt} {ckpt.stat().st_size / 1e6:.1f} MB, "
-              f"{sum(p.numel() for p in cn.controlnet.parameters()) / 1e6:.2f} M ControlNet parameters", flush=True)
+              f"{sum(p.numel() for p in cn.controlnet.parameters()) / 1e6:.2f} M ControlNet parameters, guidance "
+              f"{cn.hparams.guidance if a.guidance is None else a.guidance}", flush=True)
         ps, batch = prompts_and_sources(a.n, cn.hparams.resolution)
         fn = {"canny": eval_edges, "depth": eval_depth, "inpaint": eval_inpaint}[hint]
         torch.manual_seed(0)

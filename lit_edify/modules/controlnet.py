@@ -47,8 +47,8 @@ def weights_sha256(module: torch.nn.Module) -> str:
 
 def load_frozen_base(path: str | Path) -> L.LightningModule:
     """A trained base / upsampler from a ``.ckpt`` or ``.safetensors`` file (safe loader), frozen, in eval mode,
-    with ``lit_edify_sha256`` and ``lit_edify_path`` set. Cached per process by (resolved path, mtime, size): ControlNets that name
-    the same file share one copy."""
+    with ``lit_edify_sha256`` (weights hash) and ``lit_edify_path`` (absolute path) set. Cached per process by
+    (resolved path, mtime, size): ControlNets that name the same file share one copy."""
     from lit_edify.pipelines.checkpoints import load_module
 
     p = Path(path).resolve()
@@ -131,6 +131,7 @@ class ControlNetModule(LaplacianDiffusionMixin, L.LightningModule):
                 "(--ckpt / base_ckpt) or retrain the ControlNet on this base")
         self.save_hyperparameters()
         self.hparams["base_sha256"] = base.lit_edify_sha256
+        self.hparams["base_ckpt"] = base.lit_edify_path  # absolute: the checkpoint loads from any working directory
         for key in ("sample_steps", "sample_solver", "guidance"):
             if self.hparams[key] is None:
                 self.hparams[key] = base.hparams[key]
