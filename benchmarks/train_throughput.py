@@ -60,7 +60,7 @@ def run_arm(name: str, extra: list[str], steps: int, warmup: int, device: str, t
     args = ["--config", str(ROOT / "recipes/tiny/base32.yaml"), "--trainer.max_steps", str(steps + warmup),
             "--trainer.max_time", "00:01:00:00", "--trainer.limit_val_batches", "0",
             "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
-            "--trainer.logger.init_args.save_dir", f"{out}/{name}", "--trainer.default_root_dir", f"{out}/{name}",
+            "--trainer.default_root_dir", f"{out}/{name}",
             "--trainer.accelerator", "gpu" if device == "cuda" else "cpu", *extra]
     timer = StepTimer()
     argv, sys.argv = sys.argv, sys.argv[:1]

@@ -29,7 +29,23 @@ PROJECT_COMMANDS = ("quickstart", "sample", "data", "benchmark", "export")
 
 class SuiteCLI(LightningCLI):
     """LightningCLI whose trainers always carry the suite's safety callbacks (unless a recipe lists its own):
-    the non-finite guard (callbacks.nonfinite) and the once-per-epoch caption truncation report."""
+    the non-finite guard (callbacks.nonfinite) and the once-per-epoch caption truncation report.
+
+    ``trainer.default_root_dir`` is the one place a run's folder is set: the ``save_dir`` of the recipe's
+    TensorBoard / CSV logger follows it, so ``--trainer.default_root_dir runs/x`` moves logs and checkpoints.
+    """
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        trainer = config.get("trainer") if config is not None else None
+        root = trainer.get("default_root_dir") if trainer is not None else None
+        if not root:
+            return
+        loggers = trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            if hasattr(logger, "get") and str(logger.get("class_path", "")).rsplit(".", 1)[-1] in (
+                    "TensorBoardLogger", "CSVLogger") and logger.get("init_args") is not None:
+                logger.init_args.save_dir = root
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         from callbacks.nonfinite import NonFiniteGuard

@@ -106,7 +106,7 @@ def train(a: argparse.Namespace, configs: list[Path], steps: int, data_root: Pat
 
     hours, rest = divmod(int(round(a.max_minutes * 60)), 3600)
     args = [x for c in configs for x in ("--config", str(c))]
-    args += ["--trainer.default_root_dir", str(a.out), "--trainer.logger.init_args.save_dir", str(a.out),
+    args += ["--trainer.default_root_dir", str(a.out),  # the recipe logger follows it (SuiteCLI)
              "--trainer.max_steps", str(steps), "--trainer.max_time", f"00:{hours:02d}:{rest // 60:02d}:{rest % 60:02d}",
              "--seed_everything", str(a.seed), "--data.init_args.seed", str(a.seed)]
     if data_root is not None:

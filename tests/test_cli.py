@@ -108,3 +108,12 @@ def test_fit_then_sample_both_plans_for_every_aspect(tmp_path):
                   "--prompt", "a red circle", "--aspect", aspect, "--steps", "2", "--upsampler-steps", "2",
                   "--out", str(out / plan)])
             assert Image.open(out / plan / "000.png").size == (2 * w, 2 * h)
+
+
+def test_default_root_dir_moves_the_recipe_logger(tmp_path):
+    """The tiny recipe's TensorBoard logger names runs/tiny_base32; --trainer.default_root_dir wins over it."""
+    cli = build_cli([*TINY, "--trainer.default_root_dir", str(tmp_path / "run")], run=False)
+    assert Path(cli.trainer.logger.save_dir) == tmp_path / "run"
+    assert Path(cli.trainer.default_root_dir) == tmp_path / "run"
+    plain = build_cli(TINY, run=False)
+    assert Path(plain.trainer.logger.save_dir) == Path("runs/tiny_base32")
