@@ -214,6 +214,7 @@ class BucketBatchSampler(Sampler[list[int]]):
             groups.setdefault(b, []).append(i)
         self._groups = {b: torch.tensor(ix, dtype=torch.long) for b, ix in groups.items()}
         self.sampler = _EpochHook(self)
+        self._skip = 0
 
     @property
     def buckets(self) -> list[str]:
@@ -251,7 +252,15 @@ class BucketBatchSampler(Sampler[list[int]]):
             out = [out[i] for i in torch.randperm(len(out), generator=gen).tolist()]
         return out
 
+    def skip_next(self, batches: int) -> None:
+        """Start the next iteration at its ``batches``-th batch (mid-epoch resume); skipped batches are never
+        loaded. Applies once."""
+        if not 0 <= batches <= len(self):
+            raise ValueError(f"cannot skip {batches} batches of an epoch of {len(self)}")
+        self._skip = int(batches)
+
     def __iter__(self) -> Iterator[list[int]]:
-        for chunk in self._global_batches():
+        skip, self._skip = self._skip, 0
+        for chunk in self._global_batches()[skip:]:
             per_rank = len(chunk) // self.num_replicas
             yield chunk[self.rank * per_rank : (self.rank + 1) * per_rank].tolist()

@@ -41,7 +41,7 @@ from data_modules.captions import CaptionMixer, clean_caption
 from data_modules.folder_index import index_folder
 from data_modules.imageio import DEFAULT_MAX_PIXELS
 from data_modules.records import BadFractionError, SkipLedger, aesthetic_weights, normalise_meta
-from data_modules.samples import REPORT_KEY, EpochLoader, ImageTextDataset, SampleMaker
+from data_modules.samples import REPORT_KEY, EpochLoader, ImageTextDataset, ResumableLoader, SampleMaker, fit_progress
 
 __all__ = ["ImageTextDataModule", "BadFractionError"]
 
@@ -313,7 +313,8 @@ class ImageTextDataModule(L.LightningDataModule):
             kw = self._loader_kwargs()
             kw["persistent_workers"] = False  # workers must be re-created to see the new epoch
             return EpochLoader(DataLoader(self.train_set, batch_size=None, **kw), self.train_set)
-        return self._bucket_loader(self.train_set, shuffle=True)
+        loader = self._bucket_loader(self.train_set, shuffle=True)  # resumes mid-epoch exactly
+        return ResumableLoader(loader.loader, loader.sampler, lambda: fit_progress(self.trainer))
 
     def val_dataloader(self):
         """Validation batches (no shuffling, deterministic captions, no caption dropout); ``[]`` if no split."""

@@ -243,3 +243,36 @@ class EpochLoader:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+
+def fit_progress(trainer) -> tuple[int, int]:
+    """(epoch, batches processed in it) of a Lightning trainer's fit loop: what :class:`ResumableLoader` saves.
+    A batch counts once its optimizer step ran, so a checkpoint from ``on_train_batch_end`` resumes after it."""
+    loop = trainer.fit_loop
+    return loop.epoch_progress.current.processed, loop.epoch_loop.batch_progress.current.processed
+
+
+class ResumableLoader(EpochLoader):
+    """An :class:`EpochLoader` over a :class:`~data_modules.buckets.BucketBatchSampler` that resumes mid-epoch
+    exactly.
+
+    Lightning stores :meth:`state_dict` in every checkpoint and, when it resumes, calls :meth:`load_state_dict`
+    before it iterates (``CombinedLoader._state_dicts``). The state is the epoch and the number of batches the
+    optimizer has consumed in it, read from the trainer by ``progress() -> (epoch, batches done)``; the resumed
+    iteration starts at that batch of that epoch's order (skipped batches are never loaded, with or without
+    workers), so sample order, noise and losses continue as in an uninterrupted run.
+    """
+
+    def __init__(self, loader: DataLoader, epoch_target, progress) -> None:
+        super().__init__(loader, epoch_target)
+        self.progress = progress
+
+    def state_dict(self) -> dict:
+        epoch, done = (int(v) for v in self.progress())
+        if done >= len(self.loader):  # saved at the end of an epoch: the next batch is the next epoch's first
+            epoch, done = epoch + 1, 0
+        return {"epoch": epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.set_epoch(state["epoch"])
+        self.sampler.skip_next(state["batches_done"])

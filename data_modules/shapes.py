@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .buckets import ASPECT_RATIOS, BucketBatchSampler, bucket_shape
+from .samples import ResumableLoader, fit_progress
 from .shapes_render import (
     BACKGROUND_COLORS,
     HELDOUT_PAIRS,
@@ -292,8 +293,10 @@ class ShapesDataModule(L.LightningDataModule):
         )
         return DataLoader(ds, batch_sampler=sampler, num_workers=self.hparams.num_workers)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+    def train_dataloader(self) -> ResumableLoader:
+        """Training batches; checkpoints record the position in the epoch, so a resumed run continues exactly."""
+        loader = self._loader("train", shuffle=True)
+        return ResumableLoader(loader, loader.batch_sampler, lambda: fit_progress(self.trainer))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -2,6 +2,7 @@
 import json
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -12,10 +13,11 @@ from lit_edify.modules.base import BaseModel
 
 class Recorder(L.Callback):
     def __init__(self):
-        self.losses = {}
+        self.losses, self.captions = {}, {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.losses[trainer.global_step] = outputs["loss"].item()
+        self.captions[trainer.global_step] = list(batch["caption"])
 
 
 def _fit(kw, tmp_path, max_epochs, ckpt_path=None, name="run"):
@@ -48,6 +50,38 @@ def test_resume_from_last_ckpt_continues_exactly(tiny_base_kwargs, tmp_path):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def _fit_steps(kw, tmp_path, max_steps, workers, ckpt_path=None, name="run"):
+    L.seed_everything(0)
+    model = BaseModel(**kw)
+    data = ShapesDataModule(resolution=16, train_size=12, val_size=4, batch_size=4, multiple=8, num_workers=workers)
+    rec, ema = Recorder(), EMA(halflife_images=8, rampup_ratio=None)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / name, every_n_train_steps=1, save_top_k=-1, filename="{step}")
+    trainer = L.Trainer(max_steps=max_steps, callbacks=[ema, rec, ckpt], logger=False, limit_val_batches=0,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                        use_distributed_sampler=False)
+    trainer.fit(model, data, ckpt_path=ckpt_path)
+    return trainer, rec, ema
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_mid_epoch_resume_continues_exactly(tiny_base_kwargs, tmp_path, workers, recwarn):
+    """3 batches per epoch; stopped after step 4 (epoch 1, batch 1) and resumed: steps 5-7 see the same batches
+    (the rest of epoch 1, then epoch 2), the same losses and end with the same weights and EMA."""
+    full_trainer, full, full_ema = _fit_steps(tiny_base_kwargs, tmp_path, 7, workers, name="full")
+    _fit_steps(tiny_base_kwargs, tmp_path, 4, workers, name="part")
+    resumed_trainer, resumed, resumed_ema = _fit_steps(tiny_base_kwargs, tmp_path, 7, workers,
+                                                       tmp_path / "part" / "step=4.ckpt", name="resumed")
+    assert sorted(resumed.losses) == [5, 6, 7]
+    for step in (5, 6, 7):
+        assert resumed.captions[step] == full.captions[step], f"step {step}: another batch"
+        assert abs(resumed.losses[step] - full.losses[step]) < 1e-6 * max(1.0, abs(full.losses[step]))
+    for a, b in zip(full_trainer.lightning_module.parameters(), resumed_trainer.lightning_module.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    for a, b in zip(full_ema._average_model.parameters(), resumed_ema._average_model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert not [w for w in recwarn if "not resumable" in str(w.message)]
+
+
 class DDPProbe(L.Callback):
     """Writes, per rank, the indices its sampler yields this epoch and the final EMA weights."""
 
@@ -55,7 +89,7 @@ class DDPProbe(L.Callback):
         self.out = str(out)
 
     def on_train_epoch_start(self, trainer, pl_module):
-        sampler = trainer.train_dataloader.batch_sampler
+        sampler = trainer.train_dataloader.sampler
         indices = [i for b in sampler for i in b]
         with open(f"{self.out}/indices_{trainer.global_rank}.json", "w") as f:
             json.dump(indices, f)

@@ -217,7 +217,7 @@ def test_datamodule_loaders_and_distribution():
     for rank in (0, 1):
         dm.trainer = SimpleNamespace(world_size=2, global_rank=rank,
                                      _accelerator_connector=SimpleNamespace(use_distributed_sampler=False))
-        seen += [i for b in dm.train_dataloader().batch_sampler for i in b]
+        seen += [i for b in dm.train_dataloader().sampler for i in b]
     assert sorted(seen) == list(range(40))
     dm.trainer = SimpleNamespace(world_size=2, global_rank=0,
                                  _accelerator_connector=SimpleNamespace(use_distributed_sampler=True))
