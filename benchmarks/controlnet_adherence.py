@@ -267,7 +267,8 @@ def main(argv=None) -> dict:
     summary = {
         "edge_f1": results["canny"][1.0]["edge_f1"] if "canny" in results else None,
         "depth_iou": results["depth"][1.0]["depth_iou"] if "depth" in results else None,
-        "inpaint_judge": (float(np.mean([results["inpaint"][(t, 1.0)]["judge"] for t in ("replace", "inpaint", "outpaint")]))
+        "inpaint_judge": (float(np.mean([results["inpaint"][(t, 1.0)]["judge"]
+                                         for t in ("replace", "inpaint", "outpaint")]))
                           if "inpaint" in results else None),
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DepthFileMaker", "HED", "HINT_CHANNELS", "HintDataModule", "TASKS", "border_mask", "canny", "check_hint_type",
+__all__ = ["DepthFileMaker", "HED", "HINT_CHANNELS", "HintDataModule", "TASKS", "border_mask", "canny",
+           "check_hint_type",
            "check_mask", "hed", "inpaint_control", "load_depth_file", "make_hint", "object_mask", "resize_hint",
            "stroke_mask", "task_onehot"]
 
@@ -177,8 +178,8 @@ def _depth(batch: dict) -> Tensor:
 # ----------------------------------------------------------------------------------------------- masks
 def check_mask(mask: Tensor, image_shape: tuple[int, ...] | None = None) -> Tensor:
     """The mask as float (B, 1, H, W) {0, 1} (1 = generate) or ValueError naming the problem and the fix."""
-    if mask.ndim != 4 or mask.shape[1] != 1 or (image_shape is not None and
-                                                 (mask.shape[0], *mask.shape[2:]) != (image_shape[0], *image_shape[2:])):
+    same = image_shape is None or (mask.shape[0], *mask.shape[2:]) == (image_shape[0], *image_shape[2:])
+    if mask.ndim != 4 or mask.shape[1] != 1 or not same:
         raise ValueError(f"mask must be (B, 1, H, W) matching the image {tuple(image_shape or ())}, got "
                          f"{tuple(mask.shape)}; resize the mask to the image size")
     mask = mask.float()

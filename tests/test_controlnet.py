@@ -211,7 +211,8 @@ def test_recipes_pair_model_and_data_hints_and_paper_scale_keeps_the_base_batch(
     inner = paper["data"]["init_args"]["data"]["init_args"]
     for key in ("batch_size", "resolution", "multiple", "aspects"):
         assert inner[key] == base["data"]["init_args"][key]
-    assert [paper["trainer"][k] for k in ("devices", "num_nodes")] == [base["trainer"][k] for k in ("devices", "num_nodes")]
+    for key in ("devices", "num_nodes"):
+        assert paper["trainer"][key] == base["trainer"][key]
 
 
 def test_sample_cli_with_controls(base_ckpt, tmp_path, capsys):
