@@ -241,3 +241,31 @@ def test_sample_cli_with_controls(base_ckpt, tmp_path, capsys):
     assert "--task 'fill' is unknown; choose one of ['replace', 'inpaint', 'outpaint']" in capsys.readouterr().err
     with pytest.raises(ValueError, match="paired with a 'inpaint' ControlNet"):
         main(common + ["--controlnet-ckpt", c2, "--control", f"canny={tmp_path / 'edges.png'}"])
+
+
+def test_controlnet_features_are_the_base_encoder_features_when_the_hint_is_zero():
+    """Identity projections + zero hint: the residuals are exactly the base's skips and middle output, so the
+    copies (noise embedding, conv_in, positional encoding, encoder, middle) are wired as in the base."""
+    torch.manual_seed(0)
+    unet = build_unet("tiny", model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
+                      head_dim=16, context_dim=32, pos_embed_size=4)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    cn = ControlNet(unet, hint_channels=1)
+    with torch.no_grad():
+        for conv in (*cn.zero_convs, cn.mid_out):
+            conv.weight.copy_(torch.eye(conv.out_channels)[:, :, None, None])
+    feats = []
+    hooks = [m.register_forward_hook(lambda m, i, o: feats.append(o)) for m in (unet.conv_in, *unet.enc, unet.mid[-1])]
+    x, c, ctx = torch.randn(2, 3, 16, 16), torch.tensor([0.1, -0.5]), torch.randn(2, 5, 32)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    with torch.no_grad():
+        unet(x, c, ctx, mask)
+        res = cn(x, c, ctx, mask, torch.zeros(2, 1, 16, 16))
+    for h in hooks:
+        h.remove()
+    pos = torch.nn.functional.interpolate(unet.pos_embed, size=feats[0].shape[-2:], mode="bilinear")
+    want = [feats[0] + pos, *feats[1:]]  # skips, then the middle output
+    assert len(res) == len(want) == len(unet.enc) + 2
+    assert all(torch.allclose(r, w, atol=1e-5) for r, w in zip(res, want))
