@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lit_edify.nn.unet import EdifyUNet, _zero
+from lit_edify.nn.unet import EdifyUNet, _zero, add_pos_embed
 from lit_edify.nn.wavelet import haar_packet
 
 __all__ = ["ControlNet", "HintBlock", "control_weight", "sum_residuals"]
@@ -96,8 +96,6 @@ class ControlNet(nn.Module):
         self.resolution_multiple, self.use_checkpoint = unet.resolution_multiple, unet.use_checkpoint
         for name in ("map_noise", "map_layer0", "map_layer1", "conv_in", "enc", "mid"):
             setattr(self, name, copy.deepcopy(getattr(unet, name)))
-        # optional pooled-context embedding of newer U-Nets: copied when the base has it
-        self.map_context = copy.deepcopy(getattr(unet, "map_context", None))
         self.pos_embed = None if unet.pos_embed is None else nn.Parameter(unet.pos_embed.detach().clone())
         width = unet.conv_in.out_channels
         self.hint_block = HintBlock(hint_channels, width, self.wavelet_levels, hint_hidden or width, hint_depth)
@@ -144,21 +142,12 @@ class ControlNet(nn.Module):
         context_mask = context_mask.bool()
         context_mask = context_mask | ~context_mask.any(dim=1, keepdim=True)
 
-        emb = F.silu(self.map_layer0(self.map_noise(c_noise)))
-        if self.map_context is not None:  # as EdifyUNet: masked mean of the conditioning tokens
-            m = context_mask.to(context.dtype)[..., None]
-            emb = emb + self.map_context(((context * m).sum(1) / m.sum(1)).to(emb.dtype))
-        emb = F.silu(self.map_layer1(emb))
+        emb = F.silu(self.map_layer1(F.silu(self.map_layer0(self.map_noise(c_noise)))))
 
         h = haar_packet(x, self.wavelet_levels)
         if extra is not None:
             h = torch.cat([h, haar_packet(extra.to(x.dtype), self.wavelet_levels)], dim=1)
-        h = self.conv_in(h)
-        if self.pos_embed is not None:
-            pos = self.pos_embed
-            if pos.shape[-2:] != h.shape[-2:]:
-                pos = F.interpolate(pos, size=h.shape[-2:], mode="bilinear", align_corners=False)
-            h = h + pos.to(h.dtype)
+        h = add_pos_embed(self.conv_in(h), self.pos_embed)
         h = h + self.hint_block(hint.to(x.dtype)).to(h.dtype)
 
         out = [self.zero_convs[0](h)]

@@ -46,6 +46,16 @@ def _zero(module: nn.Module) -> nn.Module:
     return module
 
 
+def add_pos_embed(h: Tensor, pos: Tensor | None) -> Tensor:
+    """h (B, C, h, w) + the learnable 1:1 positional encoding pos (1, C, s, s), bilinearly resized to (h, w)
+    for other aspect ratios (Sec. 3.4); h unchanged if pos is None."""
+    if pos is None:
+        return h
+    if pos.shape[-2:] != h.shape[-2:]:
+        pos = F.interpolate(pos, size=h.shape[-2:], mode="bilinear", align_corners=False)
+    return h + pos.to(h.dtype)
+
+
 class FourierEmbedding(nn.Module):
     """Fixed random Fourier features of the scalar noise level (EDM's NCSN++ / EDM2's MP-Fourier).
 
@@ -313,12 +323,7 @@ class EdifyUNet(nn.Module):
         if extra is not None:
             h = torch.cat([h, haar_packet(extra.to(x.dtype), self.wavelet_levels)], dim=1)
         wav_in = h
-        h = self.conv_in(h)
-        if self.pos_embed is not None:
-            pos = self.pos_embed
-            if pos.shape[-2:] != h.shape[-2:]:
-                pos = F.interpolate(pos, size=h.shape[-2:], mode="bilinear", align_corners=False)
-            h = h + pos.to(h.dtype)
+        h = add_pos_embed(self.conv_in(h), self.pos_embed)
 
         skips = [h]
         for unit in self.enc:
