@@ -29,7 +29,8 @@ PROJECT_COMMANDS = ("quickstart", "sample", "data", "benchmark", "export")
 
 class SuiteCLI(LightningCLI):
     """LightningCLI whose trainers always carry the suite's safety callbacks (unless a recipe lists its own):
-    the non-finite guard (callbacks.nonfinite) and the once-per-epoch caption truncation report.
+    the non-finite guard (callbacks.nonfinite) and the once-per-epoch caption truncation report; and, when
+    stdout is not a terminal (SLURM output files), plain progress lines (callbacks.progress).
 
     ``trainer.default_root_dir`` is the one place a run's folder is set: the ``save_dir`` of the recipe's
     TensorBoard / CSV logger follows it, so ``--trainer.default_root_dir runs/x`` moves logs and checkpoints.
@@ -49,12 +50,15 @@ class SuiteCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         from callbacks.nonfinite import NonFiniteGuard
+        from callbacks.progress import LineProgress
         from callbacks.truncation import TruncationReport
 
         trainer = super().instantiate_trainer(**kwargs)
         for cls in (TruncationReport, NonFiniteGuard):  # the guard first: it acts before the EMA and checkpoints
             if not any(isinstance(cb, cls) for cb in trainer.callbacks):
                 trainer.callbacks.insert(0, cls())
+        if not sys.stdout.isatty() and not any(isinstance(cb, LineProgress) for cb in trainer.callbacks):
+            trainer.callbacks.append(LineProgress())  # SLURM / CI logs: the progress bar shows nothing there
         return trainer
 
 

@@ -117,3 +117,13 @@ def test_default_root_dir_moves_the_recipe_logger(tmp_path):
     assert Path(cli.trainer.default_root_dir) == tmp_path / "run"
     plain = build_cli(TINY, run=False)
     assert Path(plain.trainer.logger.save_dir) == Path("runs/tiny_base32")
+
+
+def test_plain_progress_lines_when_stdout_is_not_a_terminal(tmp_path, capsys):
+    """Under pytest stdout is captured (not a TTY), as in a SLURM output file: fit prints step lines."""
+    cli = build_cli([*TINY, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "4",
+                     "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]"], run=False)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step ")]
+    assert [ln.split()[1] for ln in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    assert all("train/loss" in ln and "steps/s" in ln and "ETA" in ln for ln in lines)
