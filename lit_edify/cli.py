@@ -76,8 +76,27 @@ def lightning_main(args: list[str] | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console script ``lit-edify``."""
+    """Console script ``lit-edify``. An error ends the command with one line on stderr naming it (exit 1);
+    ``--debug`` anywhere in the arguments shows the full traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return _dispatch(argv)
+    except KeyboardInterrupt:
+        print("lit-edify: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a command line shows one line; --debug shows the traceback
+        if debug:
+            raise
+        from lit_edify.pipelines.checkpoints import first_line
+
+        print(f"lit-edify: error: {type(exc).__name__}: {first_line(exc)} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in PROJECT_COMMANDS:
         cmd, rest = argv[0], argv[1:]
         if cmd == "data":

@@ -15,3 +15,19 @@ def tiny_base_kwargs():
                                               "attention_levels": (1,), "head_dim": 16, "context_dim": 32,
                                               "pos_embed_size": 4},
                 resolution=16, max_text_length=16, sample_steps=4, warmup_steps=1, lr=1e-3)
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """``cli_error(argv)``: run ``lit-edify argv``, assert it fails with exit code 1 and exactly one line on
+    stderr (no traceback), and return that line."""
+    from lit_edify.cli import main
+
+    def run(argv: list[str]) -> str:
+        capsys.readouterr()
+        assert main(list(argv)) == 1
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("lit-edify: error: "), lines
+        return lines[0]
+
+    return run

@@ -74,9 +74,14 @@ def test_unknown_recipe_key_is_a_clear_error(capsys):
     assert "learning_rat" in capsys.readouterr().err
 
 
-def test_missing_checkpoint_is_a_clear_error(tmp_path):
+def test_missing_checkpoint_is_a_clear_error(tmp_path, cli_error):
+    err = cli_error(["sample", "--ckpt", str(tmp_path / "nope.ckpt"), "--prompt", "a red circle"])
+    assert err.startswith("lit-edify: error: FileNotFoundError: ") and "not found: train one with" in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found: train one with"):
-        main(["sample", "--ckpt", str(tmp_path / "nope.ckpt"), "--prompt", "a red circle"])
+        main(["sample", "--ckpt", str(tmp_path / "nope.ckpt"), "--prompt", "a red circle", "--debug"])
 
 
 UNET = json.dumps({"model_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_levels": [1],

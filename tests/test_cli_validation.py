@@ -1,5 +1,6 @@
 """`lit-edify sample` and `lit-edify data` reject bad arguments before doing any work, with a clear message."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,11 +71,11 @@ def test_undecodable_prompt_bytes_from_a_real_command_line(tmp_path):
                                                             "UTF-8 text; pass the caption UTF-8 encoded")
 
 
-def test_a_missing_upsampler_checkpoint_is_found_before_loading_the_base(tmp_path):
+def test_a_missing_upsampler_checkpoint_is_found_before_loading_the_base(tmp_path, cli_error):
     (tmp_path / "base.ckpt").write_bytes(b"")  # would fail to load: the missing upsampler must be reported first
-    with pytest.raises(FileNotFoundError, match="--upsampler-ckpt .* not found"):
-        main(["sample", "--ckpt", str(tmp_path / "base.ckpt"), "--upsampler-ckpt", str(tmp_path / "up.ckpt"),
-              "--prompt", "a red circle"])
+    err = cli_error(["sample", "--ckpt", str(tmp_path / "base.ckpt"), "--upsampler-ckpt", str(tmp_path / "up.ckpt"),
+                     "--prompt", "a red circle"])
+    assert re.search("FileNotFoundError: --upsampler-ckpt .* not found", err)
 
 
 # ---------------------------------------------------------------------------------------------- lit-edify data

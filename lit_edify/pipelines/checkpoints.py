@@ -26,7 +26,7 @@ class CheckpointError(ValueError):
     """A file that is not a loadable lit-edify checkpoint (the message is one line and says why)."""
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -37,7 +37,7 @@ def _kind(path: Path) -> str:
         with open(path, "rb") as f:
             head = f.read(9)
     except OSError as e:
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e.strerror or _first_line(e)}") from None
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e.strerror or first_line(e)}") from None
     if not head:
         raise CheckpointError(f"not a lit-edify checkpoint: {path} is empty (0 bytes); was the save interrupted?")
     if head.startswith(_ZIP_MAGIC):
@@ -53,9 +53,9 @@ def _read_ckpt(path: Path) -> tuple[object, dict, dict, bool]:
         meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"not a lit-edify checkpoint: {path} holds objects other than tensors and plain "
-                              f"containers, refused by weights_only loading ({_first_line(e)[:120]})") from None
+                              f"containers, refused by weights_only loading ({first_line(e)[:120]})") from None
     except Exception as e:  # noqa: BLE001 -- zip, mmap, EOF and (by suffix) safetensors errors: all mean unreadable
-        raise CheckpointError(f"not a lit-edify checkpoint: {path} is unreadable ({_first_line(e)[:120]}); "
+        raise CheckpointError(f"not a lit-edify checkpoint: {path} is unreadable ({first_line(e)[:120]}); "
                               "it may be truncated") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("state_dict"), dict) or "lit_edify_class" not in meta:
         raise CheckpointError(f"not a lit-edify checkpoint: {path} has no 'lit_edify_class' and 'state_dict' "
@@ -74,7 +74,7 @@ def _read_safetensors(path: Path) -> tuple[object, dict, dict, bool]:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"not a lit-edify checkpoint: {path} is an unreadable .safetensors file "
-                              f"({_first_line(e)[:120]})") from None
+                              f"({first_line(e)[:120]})") from None
     if "lit_edify_class" not in meta:
         raise CheckpointError(f"not a lit-edify checkpoint: {path} has no 'lit_edify_class' metadata "
                               "(export one with `lit-edify export`)")
@@ -123,7 +123,7 @@ def load_module(path: str | Path, map_location: str = "cpu"):
         model = cls(**hparams)
         model.load_state_dict(state)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: cannot build {cls.__name__} from it ({_first_line(e)[:200]})") from None
+        raise CheckpointError(f"{path}: cannot build {cls.__name__} from it ({first_line(e)[:200]})") from None
     return model.to(map_location).eval()
 
 
