@@ -269,8 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tuxpaint":
         if not os.path.isdir(args.stamps_dir):
             return _missing("Tux Paint stamps", args.stamps_dir, "tuxpaint-stamps-default", "--stamps-dir")
+        created = not os.path.exists(args.out)
         _claim(args.out, args.command)
         counts = prepare_tuxpaint(args.stamps_dir, args.out, args.limit, svg=not args.no_svg)
+        if not counts["written"]:
+            if created:
+                shutil.rmtree(args.out, ignore_errors=True)
+            print(f"error: no stamp images found under {args.stamps_dir!r}; pass --stamps-dir pointing at the "
+                  "tuxpaint-stamps-default files (/usr/share/tuxpaint/stamps)", file=sys.stderr)
+            return 1
         print(
             f"wrote {counts['written']} stamps to {args.out} ({counts['mirror']} mirrored duplicates skipped, "
             f"{counts['svg_skipped']} SVG-only skipped, {counts['bad']} unreadable, "
@@ -278,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if counts["svg_skipped"] and not args.no_svg:
             print("note: install librsvg2-bin (apt-get install -y librsvg2-bin) to include SVG-only stamps")
-        return 0 if counts["written"] else 1
+        return 0
     needed = os.path.join(args.source_dir, f"{'train' if args.split == 'train' else 't10k'}-images-idx3-ubyte.gz")
     if not os.path.exists(needed):
         return _missing("Fashion-MNIST", needed, "dataset-fashion-mnist", "--source-dir")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import unicodedata
 from pathlib import Path
@@ -40,6 +41,8 @@ class SuiteCLI(LightningCLI):
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         trainer = config.get("trainer") if config is not None else None
         root = trainer.get("default_root_dir") if trainer is not None else None
+        self._root = Path(root) if root else None  # what was there before, for the clean-up of a failed start
+        self._root_before = set(self._root.iterdir()) if self._root is not None and self._root.is_dir() else None
         if not root:
             return
         loggers = trainer.get("logger")
@@ -60,6 +63,24 @@ class SuiteCLI(LightningCLI):
         if not sys.stdout.isatty() and not any(isinstance(cb, LineProgress) for cb in trainer.callbacks):
             trainer.callbacks.append(LineProgress())  # SLURM / CI logs: the progress bar shows nothing there
         return trainer
+
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """A run that fails before its first optimizer step leaves nothing behind in its run folder: what it
+        created there (config, logger version folder) is removed, unless it holds a checkpoint."""
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            trainer, root = getattr(self, "trainer", None), getattr(self, "_root", None)
+            if trainer is not None and trainer.global_step == 0 and trainer.is_global_zero and root and root.is_dir():
+                for entry in set(root.iterdir()) - (self._root_before or set()):
+                    if entry.is_dir() and not any(entry.rglob("*.ckpt")):
+                        shutil.rmtree(entry, ignore_errors=True)
+                    elif entry.is_file() and entry.suffix != ".ckpt":
+                        entry.unlink(missing_ok=True)
+                if self._root_before is None and not any(root.iterdir()):
+                    root.rmdir()
+            raise
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
@@ -91,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from lit_edify.pipelines.checkpoints import first_line
 
+        while exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__):
+            exc = exc.__cause__ or exc.__context__  # the root cause names the problem (jsonargparse wraps it)
         print(f"lit-edify: error: {type(exc).__name__}: {first_line(exc)} (--debug shows the traceback)",
               file=sys.stderr)
         return 1
@@ -140,7 +163,9 @@ def sample_parser() -> argparse.ArgumentParser:
 
 
 def prompt_problem(prompt: str) -> str | None:
-    """Why ``prompt`` cannot be a caption (None when it can): undecodable bytes or control characters."""
+    """Why ``prompt`` cannot be a caption (None when it can): empty, undecodable bytes or control characters."""
+    if not prompt.strip():
+        return "is empty; pass a caption (the model's unconditional output is --guidance 0 with any caption)"
     try:
         prompt.encode("utf-8")
     except UnicodeEncodeError:  # bytes that were not UTF-8 reach sys.argv as lone surrogates

@@ -19,15 +19,16 @@ def tiny_base_kwargs():
 
 @pytest.fixture
 def cli_error(capsys):
-    """``cli_error(argv)``: run ``lit-edify argv``, assert it fails with exit code 1 and exactly one line on
-    stderr (no traceback), and return that line."""
+    """``cli_error(argv)``: run ``lit-edify argv``, assert it fails with exit code 1, no traceback and the error as
+    the last stderr line (library progress bars may come before it), and return that line."""
     from lit_edify.cli import main
 
     def run(argv: list[str]) -> str:
         capsys.readouterr()
         assert main(list(argv)) == 1
-        lines = capsys.readouterr().err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("lit-edify: error: "), lines
-        return lines[0]
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert "Traceback" not in err and lines and lines[-1].startswith("lit-edify: error: "), lines
+        return lines[-1]
 
     return run

@@ -132,3 +132,21 @@ def test_plain_progress_lines_when_stdout_is_not_a_terminal(tmp_path, capsys):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step ")]
     assert [ln.split()[1] for ln in lines] == ["1/4", "2/4", "3/4", "4/4"]
     assert all("train/loss" in ln and "steps/s" in ln and "ETA" in ln for ln in lines)
+
+
+def test_a_fit_that_fails_before_its_first_step_leaves_no_run_folder(tmp_path, cli_error):
+    root = tmp_path / "run"
+    err = cli_error(["fit", *TINY, "--trainer.default_root_dir", str(root), "--data.init_args.batch_size", "0"])
+    assert "batch_size" in err
+    assert not root.exists()  # no config.yaml, no empty logger version folder
+    keep = tmp_path / "existing"
+    (keep / "version_0").mkdir(parents=True)
+    (keep / "notes.txt").write_text("mine")
+    cli_error(["fit", *TINY, "--trainer.default_root_dir", str(keep), "--data.init_args.batch_size", "0"])
+    assert sorted(p.name for p in keep.iterdir()) == ["notes.txt", "version_0"]  # what was there stays
+
+
+def test_an_unknown_sample_solver_fails_before_training(tmp_path, cli_error):
+    err = cli_error(["fit", *TINY, "--trainer.default_root_dir", str(tmp_path / "r"),
+                     "--model.init_args.sample_solver", "rk4"])
+    assert "unknown solver 'rk4'" in err and not (tmp_path / "r").exists()

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from data_modules.hints import HINT_CHANNELS, TASKS, inpaint_control, resize_hint
+from lit_edify.commands.argtypes import finite_float
 
 __all__ = ["add_control_arguments", "check_control_args", "load_controls"]
 
@@ -35,7 +36,7 @@ def add_control_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--control", type=_control, action="append", default=[], metavar="KIND=FILE",
                    help=f"control input, KIND in {sorted(HINT_CHANNELS)}; repeat for several ControlNets")
     g.add_argument("--controlnet-ckpt", action="append", default=[], help="ControlNet checkpoint, one per --control")
-    g.add_argument("--control-weight", type=float, action="append", default=[],
+    g.add_argument("--control-weight", type=finite_float, action="append", default=[],
                    help="control weight: one for all controls or one per control (default: each ControlNet's)")
     g.add_argument("--mask", help="inpainting mask image (white = generate), with --control inpaint=IMAGE")
     g.add_argument("--task", default="inpaint", help=f"inpainting task, one of {list(TASKS)}")

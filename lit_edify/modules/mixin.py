@@ -22,7 +22,7 @@ from data_modules.buckets import bucket_shape
 from lit_edify.diffusion.edm import denoising_loss, precondition, sample_sigmas
 from lit_edify.diffusion.laplacian import LaplacianSchedule
 from lit_edify.diffusion.plans import Stage, sample_plan
-from lit_edify.diffusion.samplers import CFGDenoiser
+from lit_edify.diffusion.samplers import CFGDenoiser, get_solver
 from lit_edify.nn.conditioning import ConditionEmbedder, TextEncoder
 from lit_edify.nn.presets import build_unet
 
@@ -76,6 +76,8 @@ class LaplacianDiffusionMixin:
             raise ValueError(f"sigma_max={sigma_max} is below the finest band cutoff {self.schedule.cutoffs[0]}: "
                              "the stage could never be entered from a lower resolution (DESIGN.md section 2)")
         self.sigma_data = sigma_data
+        if "sample_solver" in self.hparams and self.hparams.sample_solver is not None:
+            get_solver(self.hparams.sample_solver)  # an unknown solver fails now, not after training
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Record the module class so ``lit_edify.pipelines.text2image.load_module`` can rebuild it."""
