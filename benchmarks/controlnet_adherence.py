@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import multiprocessing as mp
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from lit_edify.benchmark import run_in_child  # noqa: E402 (after the path set-up)
 
 WEIGHTS = (0.0, 0.5, 1.0, 1.5)
 HINTS = ("canny", "depth", "inpaint")
@@ -231,14 +232,7 @@ def main(argv=None) -> dict:
     for hint in hints:
         ckpt = out / hint / "final.ckpt"
         if not a.reuse:
-            ctx = mp.get_context("spawn")
-            q = ctx.Queue()
-            proc = ctx.Process(target=_child, args=(q, hint, out, a.base, a.max_steps, a.minutes, a.threads))
-            proc.start()
-            r = q.get()
-            proc.join()
-            if "error" in r:
-                raise SystemExit(f"training {hint} failed: {r['error']}")
+            r = run_in_child(f"training {hint}", _child, hint, out, a.base, a.max_steps, a.minutes, a.threads)
             trained[hint] = r
             print(f"trained {hint}: {r['steps']} steps in {r['seconds'] / 60:.1f} min ({a.threads} thread(s))",
                   flush=True)

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from lit_edify.benchmark import run_in_child  # noqa: E402 (after the path set-up)
 
 ARMS = {
     "eager": ["--model.init_args.channels_last", "false", "--model.init_args.fused_adamw", "false",
@@ -107,14 +108,7 @@ def main(argv=None) -> dict:
         arms["optimised"] = arms["optimised"] + ["--model.init_args.compile", "true"]
     results = {}
     for name, extra in arms.items():
-        ctx = mp.get_context("spawn")
-        q = ctx.Queue()
-        proc = ctx.Process(target=_child, args=(q, name, extra, a.steps, a.warmup, a.device, a.threads, a.out))
-        proc.start()
-        r = q.get()
-        proc.join()
-        if "error" in r:
-            raise SystemExit(f"arm {name} failed: {r['error']}")
+        r = run_in_child(f"arm {name}", _child, name, extra, a.steps, a.warmup, a.device, a.threads, a.out)
         results[name] = r
         print(f"{name:10s} {r['images_per_s']:7.1f} images/s  step {r['step_s'] * 1e3:.1f} ms "
               f"(p10 {r['step_p10'] * 1e3:.1f}, p90 {r['step_p90'] * 1e3:.1f})  fit {r['fit_s']:.0f} s "

@@ -41,6 +41,23 @@ TABLE_METRICS = ("fid", "kid_mean", "classifier_accuracy", "adherence/all", "adh
                  "adherence/background", "clip_score")
 
 
+def run_in_child(label: str, target: Callable, *args) -> dict:
+    """``target(queue, *args)`` in a fresh spawned process (its own threads, memory and torch state, so runs
+    timed one after another do not share caches) -> the dict it puts on the queue. A dict with an ``"error"``
+    key ends the benchmark with ``SystemExit("<label> failed: <error>")``."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(queue, *args))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    if "error" in result:
+        raise SystemExit(f"{label} failed: {result['error']}")
+    return result
+
+
 def expected_nfe(solver: str, steps: int) -> int:
     """Denoiser evaluations per image of a full single-stage run: steps x nfe_per_step, minus one for Heun
     (its step to sigma = 0 is first order)."""
