@@ -150,3 +150,39 @@ def test_an_unknown_sample_solver_fails_before_training(tmp_path, cli_error):
     err = cli_error(["fit", *TINY, "--trainer.default_root_dir", str(tmp_path / "r"),
                      "--model.init_args.sample_solver", "rk4"])
     assert "unknown solver 'rk4'" in err and not (tmp_path / "r").exists()
+
+
+class StepLog(L.Callback):
+    """Records the optimizer steps a run makes; stops it right after the step that sends SIGUSR1 (the job is
+    killed after SLURM's requeue in a real cluster)."""
+
+    def __init__(self, signal_at=None):
+        self.steps, self.signal_at = [], signal_at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps.append(trainer.global_step)
+        if trainer.global_step == self.signal_at:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            trainer.should_stop = True
+
+
+def test_two_slurm_requeues_one_run_folder_and_the_newest_checkpoint_wins(slurm_env):
+    """As recipes/slurm/train.sbatch runs it: one logger version per job, Lightning resuming from the newest
+    HPC checkpoint after each requeue."""
+    root = slurm_env / "run"
+    args = TINY + ["--trainer.default_root_dir", str(root), "--trainer.logger.init_args.version", "job4242",
+                   "--trainer.max_steps", "6"]
+    logs = []
+    previous = signal.getsignal(signal.SIGUSR1)
+    try:
+        for signal_at in (2, 4, None):  # the job, its first requeue, its second requeue
+            cli = build_cli(args, run=False)
+            log = StepLog(signal_at)
+            cli.trainer.callbacks.append(log)
+            cli.trainer.fit(cli.model, cli.datamodule)
+            logs.append(log.steps)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert logs == [[1, 2], [3, 4], [5, 6]]  # each requeue continues from the newest HPC checkpoint
+    assert (slurm_env / "scontrol.log").read_text().split() == ["requeue", "4242"] * 2
+    assert sorted(p.name for p in root.iterdir()) == ["hpc_ckpt_1.ckpt", "hpc_ckpt_2.ckpt", "job4242"]
