@@ -26,20 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# the hint types and their channel counts belong to the ControlNet (library layer); re-exported here
+from lit_edify.nn.controlnet import HINT_CHANNELS, TASKS, check_hint_type
+
 __all__ = ["DepthFileMaker", "HED", "HINT_CHANNELS", "HintDataModule", "TASKS", "border_mask", "canny",
            "check_hint_type",
            "check_mask", "hed", "inpaint_control", "load_depth_file", "make_hint", "object_mask", "resize_hint",
            "stroke_mask", "task_onehot"]
-
-HINT_CHANNELS: dict[str, int] = {"canny": 1, "hed": 1, "depth": 1, "inpaint": 7}
-TASKS: tuple[str, ...] = ("replace", "inpaint", "outpaint")
-
-
-def check_hint_type(kind: str) -> str:
-    """``kind`` if it is a known hint type, else ValueError listing the known ones."""
-    if kind not in HINT_CHANNELS:
-        raise ValueError(f"unknown hint type {kind!r}; choose one of {sorted(HINT_CHANNELS)}")
-    return kind
 
 
 def _to_uint8(images: Tensor) -> np.ndarray:

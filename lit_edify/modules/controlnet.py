@@ -18,10 +18,9 @@ import torch
 from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
-from data_modules.hints import HINT_CHANNELS, check_hint_type
 from lit_edify.diffusion.edm import denoising_loss, precondition, sample_sigmas
 from lit_edify.diffusion.plans import sample_plan
-from lit_edify.nn.controlnet import ControlNet
+from lit_edify.nn.controlnet import HINT_CHANNELS, ControlNet, check_hint_type
 
 from .mixin import LABELS, LaplacianDiffusionMixin
 from .registry import register

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from data_modules.buckets import bucket_shape
+from lit_edify.aspect import bucket_shape
 from lit_edify.diffusion.edm import denoising_loss, precondition, sample_sigmas
 from lit_edify.diffusion.laplacian import LaplacianSchedule
 from lit_edify.diffusion.plans import Stage, sample_plan

@@ -30,7 +30,19 @@ from torch.utils.checkpoint import checkpoint
 from lit_edify.nn.unet import EdifyUNet, _zero, add_pos_embed
 from lit_edify.nn.wavelet import haar_packet
 
-__all__ = ["ControlNet", "HintBlock", "control_weight", "sum_residuals"]
+__all__ = ["ControlNet", "HINT_CHANNELS", "HintBlock", "TASKS", "check_hint_type", "control_weight", "sum_residuals"]
+
+#: control input channels per hint type (inpaint: masked RGB + mask + replace/inpaint/outpaint one-hot)
+HINT_CHANNELS: dict[str, int] = {"canny": 1, "hed": 1, "depth": 1, "inpaint": 7}
+#: inpainting sub-tasks, in the order of the one-hot (report Sec. 5)
+TASKS: tuple[str, ...] = ("replace", "inpaint", "outpaint")
+
+
+def check_hint_type(kind: str) -> str:
+    """``kind`` if it is a known hint type, else ValueError listing the known ones."""
+    if kind not in HINT_CHANNELS:
+        raise ValueError(f"unknown hint type {kind!r}; choose one of {sorted(HINT_CHANNELS)}")
+    return kind
 
 
 class HintBlock(nn.Module):
