@@ -102,7 +102,7 @@ def prepare_data(name: str, root: Path) -> tuple[Path, Path]:
 
 # ----------------------------------------------------------------------------------------------- train
 def train(a: argparse.Namespace, configs: list[Path], steps: int, data_root: Path | None):
-    from lit_edify.cli import build_cli
+    from lit_edify.commands.fit import build_cli
 
     hours, rest = divmod(int(round(a.max_minutes * 60)), 3600)
     args = [x for c in configs for x in ("--config", str(c))]
