@@ -46,10 +46,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from lit_edify.pipelines.checkpoints import first_line
 
-        while exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__):
-            exc = exc.__cause__ or exc.__context__  # the root cause names the problem (jsonargparse wraps it)
-        print(f"lit-edify: error: {type(exc).__name__}: {first_line(exc)} (--debug shows the traceback)",
-              file=sys.stderr)
+        message, root = f"{type(exc).__name__}: {first_line(exc)}", exc
+        while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+            root = root.__cause__ or root.__context__
+        if root is not exc:  # e.g. jsonargparse's "Does not validate ..." around the module's own ValueError
+            message += f" (caused by {type(root).__name__}: {first_line(root)})"
+        print(f"lit-edify: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 1
 
 
