@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from data_modules.imageio import BadSample, load_rgb
+from lit_edify.commands.argtypes import ArgumentParser
 from lit_edify.io import atomic_path, write_text_atomic
 
 __all__ = ["main", "prepare_tuxpaint", "prepare_fashion_mnist", "read_idx", "FASHION_CLASSES", "MARKER"]
@@ -241,7 +242,7 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="lit-edify data", description="Prepare datasets in the image-text folder format."
     )
     sub = parser.add_subparsers(dest="command", required=True)

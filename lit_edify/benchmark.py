@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from lit_edify.commands.argtypes import ArgumentParser
 from lit_edify.diffusion.samplers import SOLVERS, nfe_per_step
 from lit_edify.io import write_text_atomic
 
@@ -175,7 +176,7 @@ def parse_list(text: str, kind=str) -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="lit-edify benchmark", description=__doc__.split("\n\n")[0],
         epilog="Unknown --data.* / --model.* / --trainer.* options go to the recipe parser (as for `lit-edify fit`).")
     p.add_argument("--config", action="append", required=True, help="recipe YAML (repeat to compose, as for fit)")

@@ -19,7 +19,7 @@ import sys
 import unicodedata
 from pathlib import Path
 
-from lit_edify.commands.argtypes import finite_float, positive_int
+from lit_edify.commands.argtypes import ArgumentParser, finite_float, positive_int
 from lit_edify.commands.fit import SuiteCLI, build_cli  # noqa: F401 (SuiteCLI: public here too)
 
 PROJECT_COMMANDS = ("quickstart", "sample", "data", "benchmark", "export")
@@ -76,7 +76,7 @@ def _dispatch(argv: list[str]) -> int:
 
 
 def sample_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lit-edify sample", description="Generate images from trained checkpoints.")
+    p = ArgumentParser(prog="lit-edify sample", description="Generate images from trained checkpoints.")
     p.add_argument("--ckpt", required=True, help="base model checkpoint (.ckpt or exported .safetensors)")
     p.add_argument("--upsampler-ckpt", help="optional upsampler checkpoint (.ckpt / .safetensors); enables the "
                    "2-stage plans")

@@ -32,7 +32,7 @@ from lightning.pytorch import Callback
 from rich.console import Console
 from rich.table import Table
 
-from lit_edify.commands.argtypes import finite_float, positive_int
+from lit_edify.commands.argtypes import ArgumentParser, finite_float, positive_int
 from lit_edify.io import save_image_atomic, write_text_atomic
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
@@ -46,7 +46,7 @@ SHAPES_TARGETS = {"color": 0.95, "background": 0.95, "shape": 0.85, "pitch": 0.8
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="lit-edify quickstart", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="lit-edify quickstart", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="shapes", choices=sorted(DATASETS))
     p.add_argument("--config", action="append", help="recipe(s) to train instead of the dataset's defaults")
     p.add_argument("--out", default=None, help="output folder (default runs/quickstart[_<data>])")

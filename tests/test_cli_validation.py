@@ -67,8 +67,9 @@ def test_undecodable_prompt_bytes_from_a_real_command_line(tmp_path):
            "--prompt", b"a caf\xe9 on a hill"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 2
-    assert res.stderr.decode().strip().splitlines()[-1] == ("lit-edify sample: error: --prompt number 1 is not valid "
-                                                            "UTF-8 text; pass the caption UTF-8 encoded")
+    assert res.stderr.decode().strip().splitlines() == [  # one line, no usage block
+        "lit-edify sample: error: --prompt number 1 is not valid UTF-8 text; pass the caption UTF-8 encoded "
+        "(see lit-edify sample --help)"]
 
 
 def test_a_missing_upsampler_checkpoint_is_found_before_loading_the_base(tmp_path, cli_error):

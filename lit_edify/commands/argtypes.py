@@ -1,10 +1,11 @@
-"""argparse value types shared by the project's commands (clear messages instead of tracebacks)."""
+"""argparse pieces shared by the project's commands: a parser with one-line errors and value types with clear
+messages instead of tracebacks."""
 from __future__ import annotations
 
 import argparse
 import math
 
-__all__ = ["finite_float", "positive_int"]
+__all__ = ["ArgumentParser", "finite_float", "positive_int"]
 
 
 def positive_int(text: str) -> int:
@@ -27,3 +28,11 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     return value
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one line on stderr, ``<prog>: error: <message> (see <prog>
+    --help)``, exit status 2; the usage block is what ``--help`` prints, not a preamble to every error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lit_edify.commands.argtypes import ArgumentParser
+
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lit-edify export", description="Export a checkpoint's (EMA) weights and "
+    p = ArgumentParser(prog="lit-edify export", description="Export a checkpoint's (EMA) weights and "
                                 "hyper-parameters to a .safetensors file.")
     p.add_argument("--ckpt", required=True, help="Lightning checkpoint written by `lit-edify fit` (.ckpt)")
     p.add_argument("--out", required=True, help="output file (.safetensors)")

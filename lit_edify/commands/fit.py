@@ -47,7 +47,6 @@ class SuiteCLI(LightningCLI):
             trainer.callbacks.append(LineProgress())  # SLURM / CI logs: the progress bar shows nothing there
         return trainer
 
-
     def _run_subcommand(self, subcommand: str) -> None:
         """A run that fails before its first optimizer step leaves nothing behind in its run folder: what it
         created there (config, logger version folder) is removed, unless it holds a checkpoint."""
