@@ -23,9 +23,10 @@ images/s of our small100m over diffusers' at 256 and 64 px.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import resource
 import time
+
+from lit_edify.benchmark import run_in_child
 
 # diffusers config per preset: same widths per level as ours, layers_per_block = num_res_blocks,
 # cross-attention blocks only at the deepest level (+ its mid block); counts within 10% of ours (checked).
@@ -132,15 +133,8 @@ def run_isolated(*args, **kwargs) -> dict:
     CPU: forked, sharing the parent's imports; CUDA: spawned (CUDA cannot be used after a fork once
     an import has initialised it in the parent).
     """
-    ctx = mp.get_context("spawn" if kwargs["device"].startswith("cuda") else "fork")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, *args), kwargs=kwargs)
-    proc.start()
-    result = queue.get()
-    proc.join()
-    if "error" in result:
-        raise SystemExit(f"configuration {args[:3]} failed: {result['error']}")
-    return result
+    method = "spawn" if kwargs["device"].startswith("cuda") else "fork"
+    return run_in_child(f"configuration {args[:3]}", _child, *args, start_method=method, **kwargs)
 
 
 def main() -> None:

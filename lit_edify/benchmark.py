@@ -42,15 +42,16 @@ TABLE_METRICS = ("fid", "kid_mean", "classifier_accuracy", "adherence/all", "adh
                  "adherence/background", "clip_score")
 
 
-def run_in_child(label: str, target: Callable, *args) -> dict:
-    """``target(queue, *args)`` in a fresh spawned process (its own threads, memory and torch state, so runs
-    timed one after another do not share caches) -> the dict it puts on the queue. A dict with an ``"error"``
-    key ends the benchmark with ``SystemExit("<label> failed: <error>")``."""
+def run_in_child(label: str, target: Callable, *args, start_method: str = "spawn", **kwargs) -> dict:
+    """``target(queue, *args, **kwargs)`` in a fresh process (its own threads, memory and torch state, so runs
+    timed one after another do not share caches or peak-memory counters) -> the dict it puts on the queue. A
+    dict with an ``"error"`` key ends the benchmark with ``SystemExit("<label> failed: <error>")``.
+    ``start_method="fork"`` shares the parent's imports (CPU only: CUDA cannot be used after a fork)."""
     import multiprocessing as mp
 
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context(start_method)
     queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(queue, *args))
+    proc = ctx.Process(target=target, args=(queue, *args), kwargs=kwargs)
     proc.start()
     result = queue.get()
     proc.join()
