@@ -22,7 +22,7 @@ from lit_edify.diffusion.edm import denoising_loss, precondition, sample_sigmas
 from lit_edify.diffusion.plans import sample_plan
 from lit_edify.nn.controlnet import HINT_CHANNELS, ControlNet, check_hint_type
 
-from .mixin import LABELS, LaplacianDiffusionMixin
+from .mixin import LABELS, LaplacianDiffusionMixin, adamw_with_warmup
 from .registry import register
 
 Tensor = torch.Tensor
@@ -219,12 +219,7 @@ class ControlNetModule(LaplacianDiffusionMixin, L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if id(p) not in zero], "lr": hp.lr},
                   {"params": [p for p in params if id(p) in zero], "lr": hp.lr * hp.projection_lr_scale}]
-        fused = hp.fused_adamw and all(p.device.type in ("cpu", "cuda") for p in params)
-        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay,
-                                fused=fused or None)
-        warm = max(1, hp.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_with_warmup(groups, hp)
 
     # ----------------------------------------------------------------------------------- sampling
     def stage(self, captions: list[str], *, hint: Tensor | None = None, weight: float | Tensor | None = None,
