@@ -46,14 +46,49 @@ def _zero(module: nn.Module) -> nn.Module:
     return module
 
 
-def add_pos_embed(h: Tensor, pos: Tensor | None) -> Tensor:
+def _bilinear_rows(out_size: int, in_size: int, start: int, length: int, like: Tensor) -> Tensor:
+    """Rows ``start:start+length`` of the (out_size, in_size) matrix of 1-D bilinear resizing with
+    ``align_corners=False`` (``F.interpolate``'s convention: source = (i + 0.5) in/out - 0.5, clamped at 0)."""
+    i = torch.arange(start, start + length, dtype=torch.float64, device=like.device)
+    src = ((i + 0.5) * (in_size / out_size) - 0.5).clamp_min(0)
+    i0 = src.floor().long().clamp_max(in_size - 1)
+    lam = src - i0
+    m = torch.zeros(length, in_size, dtype=torch.float64, device=like.device)
+    rows = torch.arange(length, device=like.device)
+    m.index_put_((rows, i0), 1 - lam, accumulate=True)
+    m.index_put_((rows, (i0 + 1).clamp_max(in_size - 1)), lam, accumulate=True)
+    return m.to(like.dtype)
+
+
+def add_pos_embed(h: Tensor, pos: Tensor | None, canvas: tuple[int, int, int, int] | None = None) -> Tensor:
     """h (B, C, h, w) + the learnable 1:1 positional encoding pos (1, C, s, s), bilinearly resized to (h, w)
-    for other aspect ratios (Sec. 3.4); h unchanged if pos is None."""
+    for other aspect ratios (Sec. 3.4); h unchanged if pos is None.
+
+    ``canvas = (top, left, H, W)`` (feature units) says that h is the window ``[top:top+h, left:left+w]`` of a
+    larger H x W feature map (tiled sampling): the encoding is then evaluated in those global coordinates, i.e.
+    equal (to float rounding) to resizing pos to (H, W) and cropping the window, at the cost of the window only.
+    A canvas equal to h's own extent is the untiled path exactly."""
     if pos is None:
         return h
+    if canvas is not None and tuple(canvas) != (0, 0, *h.shape[-2:]):
+        top, left, full_h, full_w = canvas
+        rows = _bilinear_rows(full_h, pos.shape[-2], top, h.shape[-2], pos)
+        cols = _bilinear_rows(full_w, pos.shape[-1], left, h.shape[-1], pos)
+        return h + torch.einsum("yi,bcij,xj->bcyx", rows, pos, cols).to(h.dtype)
     if pos.shape[-2:] != h.shape[-2:]:
         pos = F.interpolate(pos, size=h.shape[-2:], mode="bilinear", align_corners=False)
     return h + pos.to(h.dtype)
+
+
+def feature_canvas(canvas: tuple[int, int, int, int] | None, levels: int) -> tuple[int, int, int, int] | None:
+    """A pixel canvas (top, left, H, W) in the units of the first feature map (pixels / 2^levels); every entry
+    must be a multiple of 2^levels."""
+    if canvas is None:
+        return None
+    k = 2**levels
+    if any(int(v) % k for v in canvas):
+        raise ValueError(f"canvas {tuple(canvas)} (top, left, H, W) must be in multiples of {k} pixels")
+    return tuple(int(v) // k for v in canvas)
 
 
 class FourierEmbedding(nn.Module):
@@ -293,7 +328,8 @@ class EdifyUNet(nn.Module):
         return unit(h, emb, context, mask)
 
     def forward(self, x: Tensor, c_noise: Tensor, context: Tensor, context_mask: Tensor | None = None,
-                extra: Tensor | None = None, control: list[Tensor] | None = None) -> Tensor:
+                extra: Tensor | None = None, control: list[Tensor] | None = None,
+                canvas: tuple[int, int, int, int] | None = None) -> Tensor:
         """Raw network output F (EDM preconditioning is applied outside).
 
         Args:
@@ -307,6 +343,9 @@ class EdifyUNet(nn.Module):
             control: ControlNet residuals (``lit_edify.nn.controlnet``) or None: one per skip, in the
                 order the encoder stores them, then one for the middle block's output; each is added to
                 its feature map (same shape). None (or all zeros) leaves the output unchanged.
+            canvas: ``(top, left, H, W)`` in pixels when x is a tile of a larger H x W image (tiled sampling,
+                ``lit_edify.diffusion.tiled``): the positional encoding is evaluated in the image's global
+                coordinates. None (or the tile's own extent) is the untiled network.
         Returns:
             (B, in_channels, H, W) in ``x.dtype``, unbounded (zero at initialisation).
         """
@@ -323,7 +362,7 @@ class EdifyUNet(nn.Module):
         if extra is not None:
             h = torch.cat([h, haar_packet(extra.to(x.dtype), self.wavelet_levels)], dim=1)
         wav_in = h
-        h = add_pos_embed(self.conv_in(h), self.pos_embed)
+        h = add_pos_embed(self.conv_in(h), self.pos_embed, feature_canvas(canvas, self.wavelet_levels))
 
         skips = [h]
         for unit in self.enc:
