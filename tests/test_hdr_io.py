@@ -29,7 +29,8 @@ def test_bad_values_and_files_raise_clear_errors_and_write_nothing(tmp_path):
     a[3, 4, 1] = np.nan
     with pytest.raises(HDRError, match="NaN or infinite value.*row 3, column 4, channel 1"):
         write_exr(tmp_path / "n.exr", a)
-    a[3, 4, 1] = -1
+    a[3, 4, 1] = 0
+    a[3, 4, 1] = -0.05 * np.percentile(a, 99)
     with pytest.raises(HDRError, match="negative"):
         write_hdr(tmp_path / "n.hdr", a)
     assert list(tmp_path.iterdir()) == []
@@ -43,5 +44,8 @@ def test_bad_values_and_files_raise_clear_errors_and_write_nothing(tmp_path):
         read_hdr(tmp_path / "junk.exr")
     with pytest.raises(HDRError, match="suffix"):
         read_hdr(tmp_path / "x.png")
+    b = hdr_image()
+    b[0, 0, 0] = -0.005 * np.percentile(b, 99)  # filter round-off, as in real EXRs: clamped, not refused
+    assert check_hdr(b)[0, 0, 0] == 0 and b[0, 0, 0] < 0
     with pytest.raises(HDRError, match=r"\(H, W, 3\)"):
         check_hdr(np.zeros((4, 4)))

@@ -1,0 +1,108 @@
+"""HDR training data for LDR2HDR: perspective crops of HDR panoramas (procedural worlds and folders of .exr/.hdr).
+
+Each sample is ``{"image": (3, S, S) float32}``: a random perspective view (yaw uniform, pitch and field of view in
+ranges) of a random panorama of the pool, cut with :func:`lit_edify.panorama.geometry.equirect_to_perspective`.
+The virtual camera that makes the LDR input lives in the module (:class:`lit_edify.modules.ldr2hdr.LDR2HDR`).
+Held-out panoramas (``holdout`` file names, procedural scenes of other seeds) form the validation set as whole
+equirectangular images.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lit_edify.hdr_io import list_hdr_files, read_hdr
+from lit_edify.panorama.geometry import View, equirect_to_perspective
+
+from .hdr_world import random_scene, render_equirect
+
+__all__ = ["HDRDataModule", "HDRViews", "procedural_panoramas", "folder_panoramas"]
+
+
+def procedural_panoramas(n: int, seed: int, size: tuple[int, int] = (128, 256), ss: int = 1) -> list[torch.Tensor]:
+    """n procedural HDR panoramas (3, H, W) of scenes drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    return [render_equirect(random_scene(rng), *size, ss=ss) for _ in range(n)]
+
+
+def folder_panoramas(folder: str | None, holdout: tuple[str, ...], size: tuple[int, int] | None = None
+                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(training, held-out) panoramas (3, H, W) of a folder of .exr / .hdr (held out: file stems in ``holdout``),
+    area-resized to ``size`` when given; empty lists when ``folder`` is None or missing."""
+    if not folder or not Path(folder).is_dir():
+        return [], []
+    train, held = [], []
+    for f in list_hdr_files(folder):
+        x = torch.from_numpy(read_hdr(f)).permute(2, 0, 1)
+        if size is not None and tuple(x.shape[-2:]) != tuple(size):
+            x = torch.nn.functional.interpolate(x[None], size=size, mode="area")[0]
+        (held if f.stem in holdout else train).append(x.contiguous())
+    return train, held
+
+
+class HDRViews(Dataset):
+    """Random perspective views (3, S, S) of a pool of panoramas; ``length`` views per epoch."""
+
+    def __init__(self, panos: list[torch.Tensor], size: int, length: int, seed: int = 0,
+                 pitch_deg: tuple[float, float] = (-30, 60), fov_deg: tuple[float, float] = (60, 110),
+                 weights: list[float] | None = None):
+        if not panos:
+            raise ValueError("HDRViews needs at least one panorama")
+        self.panos, self.size, self.length, self.seed = panos, size, length, seed
+        self.pitch, self.fov = pitch_deg, fov_deg
+        w = np.asarray(weights if weights is not None else [1.0] * len(panos), dtype=np.float64)
+        self.p = w / w.sum()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, i])  # view i of the run: set epoch_views >= steps x batch
+        pano = self.panos[int(rng.choice(len(self.panos), p=self.p))]
+        v = View(float(rng.uniform(-math.pi, math.pi)), math.radians(rng.uniform(*self.pitch)),
+                 math.radians(rng.uniform(*self.fov)))
+        return {"image": equirect_to_perspective(pano[None], v, (self.size, self.size))[0].clamp(min=0)}
+
+
+class HDRDataModule(L.LightningDataModule):
+    """Procedural HDR worlds plus an optional folder of real HDR panoramas (e.g. Debian blender-data's
+    ``/usr/share/blender/datafiles/studiolights/world``), two of them held out for evaluation.
+
+    Args:
+        folder: folder of .exr / .hdr panoramas (optional; missing folder = procedural only).
+        holdout: file stems of the folder kept for validation only.
+        n_procedural / n_val_procedural: procedural training / validation panoramas (different seeds).
+        real_fraction: share of training views cut from the folder's panoramas.
+        crop / batch_size / epoch_views: view size, batch size, views per epoch.
+    """
+
+    def __init__(self, folder: str | None = None, holdout: tuple[str, ...] = ("sunset", "forest"),
+                 n_procedural: int = 48, n_val_procedural: int = 4, pano_size: tuple[int, int] = (128, 256),
+                 real_fraction: float = 0.3, crop: int = 64, batch_size: int = 16, epoch_views: int = 4096,
+                 num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        if hasattr(self, "train_set"):
+            return
+        proc = procedural_panoramas(hp.n_procedural, hp.seed, tuple(hp.pano_size))
+        real, held = folder_panoramas(hp.folder, tuple(hp.holdout), (256, 512))
+        weights = [(1 - hp.real_fraction) / len(proc)] * len(proc) + (
+            [hp.real_fraction / len(real)] * len(real) if real else [])
+        self.train_set = HDRViews(proc + real, hp.crop, hp.epoch_views, hp.seed, weights=weights)
+        self.val_panos = procedural_panoramas(hp.n_val_procedural, hp.seed + 10_000, (128, 256)) + [
+            torch.nn.functional.interpolate(x[None], size=(128, 256), mode="area")[0] for x in held]
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, self.hparams.batch_size, shuffle=False, num_workers=self.hparams.num_workers,
+                          drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader([{"image": x} for x in self.val_panos], batch_size=1)

@@ -1,0 +1,188 @@
+"""LDR2HDR (Edify Image Sec. 6.1): a multi-scale U-Net that turns an LDR image (a generated panorama) into HDR.
+
+The network first predicts a low-resolution HDR image (a small U-Net on the 4x area-downsampled input), then
+concatenates its upsampled prediction with the full-resolution LDR input and predicts the full-resolution HDR.
+Both predict log intensity (ln(radiance + 2^-10), exposure-relative: 1.0 = the LDR's clipping level), as residuals
+over the linearised input. Training inputs come from HDR images through a virtual camera
+(:class:`lit_edify.panorama.camera.VirtualCamera`: random exposure, clipping, CRF, 8-bit quantisation, JPEG).
+As in HDRCNN, the output keeps the linearised input where it is not near saturation: ``alpha = clamp((max_c LDR -
+tau) / (1 - tau), 0, 1)`` blends prediction and input, so unsaturated pixels are exactly the input inverted through
+the sRGB curve and the network only invents what clipping destroyed (sun, bright clouds).
+
+What it shares with the diffusion modules (:class:`lit_edify.modules.mixin.LaplacianDiffusionMixin`): the data
+layer (LightningDataModules, here ``lit_edify.data_modules.hdr_data``), the EMA callback, the logging and sample
+callbacks' conventions, the LightningCLI / ``lit-edify fit`` entry point, the safe checkpoint registry and the
+optimiser (:class:`OptimConfig`, ``adamw_with_warmup``). Why it is not a diffusion model and does not use the
+mixin: the mapping LDR -> HDR is nearly deterministic given the input (the report trains it as regression in log
+space), there is no noise schedule, text conditioning or sampler, and it must run once over a 16K panorama in
+tiles (:func:`tiled_hdr`), which a 30-step sampler could not afford.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_edify.modules.config import OptimConfig
+from lit_edify.modules.mixin import adamw_with_warmup
+from lit_edify.modules.registry import register
+from lit_edify.panorama.camera import LOG_EPS, VirtualCamera, hdr_metrics, inverse_crf, srgb_decode
+
+__all__ = ["LDR2HDR", "LDR2HDRNet", "tiled_hdr"]
+Tensor = torch.Tensor
+
+
+def _block(ci: int, co: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(ci, co, 3, padding=1), nn.SiLU(), nn.Conv2d(co, co, 3, padding=1), nn.SiLU())
+
+
+class LowUNet(nn.Module):
+    """Two-level U-Net on the low-resolution input (total stride 4)."""
+
+    def __init__(self, cin: int, width: int):
+        super().__init__()
+        self.e0, self.e1, self.mid = _block(cin, width), _block(width, 2 * width), _block(2 * width, 4 * width)
+        self.d1, self.d0 = _block(6 * width, 2 * width), _block(3 * width, width)
+        self.out = nn.Conv2d(width, 3, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        e0 = self.e0(x)
+        e1 = self.e1(F.avg_pool2d(e0, 2))
+        m = self.mid(F.avg_pool2d(e1, 2))
+        d1 = self.d1(torch.cat([F.interpolate(m, scale_factor=2.0, mode="nearest"), e1], 1))
+        d0 = self.d0(torch.cat([F.interpolate(d1, scale_factor=2.0, mode="nearest"), e0], 1))
+        return self.out(d0)
+
+
+class LDR2HDRNet(nn.Module):
+    """LDR (B, 3, H, W) in [0, 1], H and W multiples of 16 -> (log HDR (B, 3, H, W), low-res log HDR
+    (B, 3, H/4, W/4)); log HDR = ln(exposure-relative radiance + 2^-10)."""
+
+    factor = 4
+    out_scale = 8.0  # heads predict log / 8: the sun is ~12 (natural log) above the clipping level
+    stride = 16  # factor x the low U-Net's stride: tiles must start on multiples of this
+
+    def __init__(self, width: int = 24, high_width: int = 24, tau: float = 0.9):
+        super().__init__()
+        self.tau = tau
+        self.low = LowUNet(6, width)
+        self.high = nn.Sequential(nn.Conv2d(9, high_width, 3, padding=1), nn.SiLU(),
+                                  nn.Conv2d(high_width, high_width, 3, padding=1), nn.SiLU(),
+                                  nn.Conv2d(high_width, 3, 3, padding=1))
+        for head in (self.low.out, self.high[-1]):  # start as the identity over the linearised input
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def forward(self, ldr: Tensor) -> tuple[Tensor, Tensor]:
+        log_lin = (srgb_decode(ldr) + LOG_EPS).log()
+        x = torch.cat([ldr * 2 - 1, log_lin / 4], 1)
+        low_x = F.avg_pool2d(x, self.factor)
+        low = self.out_scale * self.low(low_x) + F.avg_pool2d(log_lin, self.factor)
+        up = F.interpolate(low, scale_factor=float(self.factor), mode="bilinear", align_corners=False)
+        high = self.out_scale * self.high(torch.cat([x, up / 4], 1)) + up
+        alpha = ((ldr.max(1, keepdim=True).values - self.tau) / (1 - self.tau)).clamp(0, 1)
+        return alpha * high + (1 - alpha) * log_lin, low
+
+
+def tiled_hdr(net: LDR2HDRNet, ldr: Tensor, tile: int = 512, halo: int = 128, wrap_x: bool = True,
+              out: Tensor | None = None, progress=None) -> Tensor:
+    """Run ``net`` over an LDR image (3, H, W) (uint8 0..255 or float [0, 1]) tile by tile; returns the log HDR
+    (3, H, W) in ``out`` (default float16; preallocate to bound memory). Each tile sees ``halo`` extra pixels on
+    every side (wrapping around in x when ``wrap_x``, as an equirectangular panorama does); with a halo at least
+    the network's receptive field the result equals the untiled output. H and W must be multiples of 16."""
+    c, h, w = ldr.shape
+    s = net.stride
+    if h % s or w % s or tile % s or halo % s:
+        raise ValueError(f"image {h}x{w}, tile {tile} and halo {halo} must be multiples of {s}")
+    out = torch.empty(3, h, w, dtype=torch.float16) if out is None else out
+    dev = next(net.parameters()).device
+    tiles = [(y, x) for y in range(0, h, tile) for x in range(0, w, tile)]
+    for y, x in (progress(tiles) if progress else tiles):
+        y0, y1 = max(0, y - halo), min(h, y + tile + halo)
+        if wrap_x:
+            cols = torch.arange(x - halo, min(w, x + tile) + halo) % w
+            src = ldr[:, y0:y1][:, :, cols]
+            x0 = halo
+        else:
+            xa, xb = max(0, x - halo), min(w, x + tile + halo)
+            src, x0 = ldr[:, y0:y1, xa:xb], x - xa
+        src = src.float() / 255 if src.dtype == torch.uint8 else src.float()
+        with torch.no_grad():
+            pred = net(src[None].to(dev))[0][0].cpu()
+        th, tw = min(tile, h - y), min(tile, w - x)
+        out[:, y:y + th, x:x + tw] = pred[:, y - y0:y - y0 + th, x0:x0 + tw].to(out.dtype)
+    return out
+
+
+@register
+class LDR2HDR(L.LightningModule):
+    """LDR -> HDR training: batches hold ``image`` (B, 3, H, W) linear radiance (any scale: the virtual camera
+    exposes it); loss = L1 of log HDR at full resolution + ``low_weight`` x L1 at the low resolution, both
+    averaged over the saturated pixels (elsewhere the output is the linearised input by construction).
+
+    Args:
+        width / high_width: channels of the low-resolution U-Net / the full-resolution head.
+        tau: saturation level above which the output is predicted (below: the linearised input).
+        low_weight: weight of the low-resolution loss.
+        camera: :class:`VirtualCamera` arguments (dict).
+        optim: :class:`OptimConfig` (or its dict).
+    """
+
+    def __init__(self, width: int = 24, high_width: int = 24, tau: float = 0.9, low_weight: float = 0.5,
+                 camera: dict | None = None, optim: OptimConfig | dict | None = None, seed: int = 0):
+        super().__init__()
+        optim = OptimConfig(**optim) if isinstance(optim, dict) else (optim or OptimConfig(lr=2e-3, warmup_steps=50))
+        self.save_hyperparameters({"width": width, "high_width": high_width, "tau": tau, "low_weight": low_weight,
+                                   "camera": dict(camera or {}), "optim": asdict(optim), "seed": seed})
+        self.optim = optim
+        self.camera = VirtualCamera(**(camera or {}))
+        self.net = LDR2HDRNet(width, high_width, tau)
+        self.rng = np.random.default_rng(seed)
+
+    def forward(self, ldr: Tensor) -> Tensor:
+        """LDR (B, 3, H, W) in [0, 1] -> HDR (B, 3, H, W) linear, exposure-relative."""
+        return (self.net(ldr)[0].exp() - LOG_EPS).clamp(min=0)
+
+    def loss(self, hdr: Tensor, rng: np.random.Generator | None) -> tuple[Tensor, Tensor]:
+        ldr, target = self.camera.expose(hdr.float().cpu(), rng)
+        ldr, target = ldr.to(self.device), target.to(self.device)
+        pred, low = self.net(ldr)
+        err = (pred - (target + LOG_EPS).log()).abs()
+        sat = (ldr.max(1, keepdim=True).values > self.net.tau).expand_as(err).float()
+        low_t = (F.avg_pool2d(target, self.net.factor) + LOG_EPS).log()
+        low_sat = F.max_pool2d(sat, self.net.factor)
+        # unsaturated pixels are the linearised input by construction: average the loss over the rest
+        loss = (err * sat).sum() / sat.sum().clamp(min=1)
+        loss = loss + self.hparams.low_weight * ((low - low_t).abs() * low_sat).sum() / low_sat.sum().clamp(min=1)
+        return loss, err.mean().detach()
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss, full = self.loss(batch["image"], self.rng)
+        self.log_dict({"train/loss": loss, "train/log_l1": full}, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        hdr = batch["image"].float()
+        ldr, target = self.camera.expose(hdr.cpu(), None)
+        pred = self(ldr.to(self.device)).cpu()
+        m = hdr_metrics(pred, target, ldr)
+        base = hdr_metrics(inverse_crf(ldr), target, ldr)
+        self.log_dict({"val/log_l1": m["log_l1"], "val/mu_psnr": m["mu_psnr"], "val/log_l1_inverse_crf":
+                       base["log_l1"]}, batch_size=hdr.shape[0])
+
+    def configure_optimizers(self):
+        return adamw_with_warmup([{"params": list(self.net.parameters())}], self.optim)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lit_edify_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+    @torch.no_grad()
+    def to_hdr(self, ldr: Tensor, tile: int = 512, halo: int = 128, wrap_x: bool = True, progress=None) -> Tensor:
+        """Log HDR (3, H, W) float16 of an LDR panorama (3, H, W) (uint8 or float [0, 1]), tiled; H, W multiples
+        of 16 (see :func:`tiled_hdr`)."""
+        return tiled_hdr(self.net.eval(), ldr, tile, halo, wrap_x, progress=progress)
+
