@@ -65,7 +65,7 @@ def train(hint: str, out: Path, base: str, max_steps: int | None, minutes: float
     cli.trainer.fit(cli.model, cli.datamodule)
     seconds = time.perf_counter() - t0
     ckpt = run / "final.ckpt"
-    cli.trainer.save_checkpoint(ckpt)  # EMA weights as state_dict (callbacks.ema)
+    cli.trainer.save_checkpoint(ckpt)  # EMA weights as state_dict (lit_edify.callbacks.ema)
     return {"seconds": seconds, "steps": cli.trainer.global_step, "ckpt": str(ckpt)}
 
 
@@ -95,7 +95,7 @@ def edge_f1(pred: np.ndarray, ref: np.ndarray) -> float:
 
 def judged_object(img: torch.Tensor) -> np.ndarray:
     """Binary mask (judge grid = image size at 32 px) of the pixels of the colour the judge reads."""
-    from data_modules.judge import _PALETTE, _PALETTE_NAMES, _majority3, _to_numpy_255, judge_image
+    from lit_edify.data_modules.judge import _PALETTE, _PALETTE_NAMES, _majority3, _to_numpy_255, judge_image
 
     rgb = _to_numpy_255(img)
     label = ((rgb[:, :, None, :] - _PALETTE[None, None]) ** 2).sum(-1).argmin(-1)
@@ -110,7 +110,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 # ----------------------------------------------------------------------------------------------- evaluation
 def prompts_and_sources(n: int, resolution: int):
-    from data_modules.shapes import ShapesDataset, evaluation_prompts
+    from lit_edify.data_modules.shapes import ShapesDataset, evaluation_prompts
 
     ps = evaluation_prompts(n=n, seed=0, split="test")
     src = [ShapesDataset.render(p["scene"], resolution, multiple=16) for p in ps]
@@ -129,12 +129,12 @@ def sample(cn, captions, hint, weight, ps, seed=0):
     """Controlled samples (base alone at weight 0) with CFG over text and hint at the benchmark's guidance."""
     from lit_edify.pipelines.controlled import controlled_text_to_image
 
-    g = cn.hparams.guidance if GUIDANCE[0] is None else GUIDANCE[0]
+    g = cn.cfg.sampling.guidance if GUIDANCE[0] is None else GUIDANCE[0]
     return controlled_text_to_image(cn.base, captions, [(cn, hint, weight)], seed=seed, guidance=g, **_labels(ps))
 
 
 def eval_edges(cn, ps, batch) -> tuple[dict, list]:
-    from data_modules.hints import canny
+    from lit_edify.data_modules.hints import canny
 
     hint = canny(batch["image"])
     rows, grid = {}, [hint.expand(-1, 3, -1, -1) * 2 - 1]
@@ -160,8 +160,8 @@ def eval_depth(cn, ps, batch) -> tuple[dict, list]:
 
 def inpaint_cases(ps, batch, seed=0):
     """Per task: masks (N, 1, H, W), prompts (captions) and the expected (colour, shape) per image."""
-    from data_modules.hints import border_mask, object_mask, stroke_mask
-    from data_modules.shapes_render import OBJECT_COLORS, caption_long
+    from lit_edify.data_modules.hints import border_mask, object_mask, stroke_mask
+    from lit_edify.data_modules.shapes_render import OBJECT_COLORS, caption_long
 
     rng = np.random.default_rng(seed)
     n, _, h, w = batch["image"].shape
@@ -180,8 +180,8 @@ def inpaint_cases(ps, batch, seed=0):
 
 
 def eval_inpaint(cn, ps, batch) -> tuple[dict, list]:
-    from data_modules.hints import inpaint_control
-    from data_modules.judge import judge_image
+    from lit_edify.data_modules.hints import inpaint_control
+    from lit_edify.data_modules.judge import judge_image
 
     rows, grid = {}, []
     img = batch["image"]
@@ -241,8 +241,8 @@ def main(argv=None) -> dict:
         cn = load_module(ckpt)
         print(f"{hint}: checkpoint {ckpt} {ckpt.stat().st_size / 1e6:.1f} MB, "
               f"{sum(p.numel() for p in cn.controlnet.parameters()) / 1e6:.2f} M ControlNet parameters, guidance "
-              f"{cn.hparams.guidance if a.guidance is None else a.guidance}", flush=True)
-        ps, batch = prompts_and_sources(a.n, cn.hparams.resolution)
+              f"{cn.cfg.sampling.guidance if a.guidance is None else a.guidance}", flush=True)
+        ps, batch = prompts_and_sources(a.n, cn.cfg.noise.resolution)
         fn = {"canny": eval_edges, "depth": eval_depth, "inpaint": eval_inpaint}[hint]
         torch.manual_seed(0)
         rows, grid = fn(cn, ps, batch)

@@ -34,13 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
 
     if not os.path.isdir(args.root):
-        from data_modules.prepare import main as prepare
+        from lit_edify.data_modules.prepare import main as prepare
 
         print(f"{args.root} missing: preparing it from tuxpaint-stamps-default")
         if prepare(["tuxpaint", "--out", args.root]) != 0:
             return 2
 
-    from data_modules.image_text import ImageTextDataModule
+    from lit_edify.data_modules.image_text import ImageTextDataModule
 
     dm = ImageTextDataModule(
         root=args.root,

@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 TINY_UNET = {"model_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_levels": [1],
              "head_dim": 16, "context_dim": 32, "pos_embed_size": 4}
-TINY = ["--config", str(ROOT / "recipes/tiny/base32.yaml"), "--model.init_args.resolution", "16",
-        "--model.init_args.unet_overrides", json.dumps(TINY_UNET), "--model.init_args.sample_steps", "2",
+TINY = ["--config", str(ROOT / "recipes/tiny/base32.yaml"), "--model.init_args.noise.resolution", "16",
+        "--model.init_args.net.overrides", json.dumps(TINY_UNET), "--model.init_args.sampling.steps", "2",
         "--data.init_args.resolution", "16", "--data.init_args.multiple", "8", "--data.init_args.batch_size", "4",
         "--data.init_args.val_size", "4", "--data.init_args.train_size", "8", "--trainer.limit_val_batches", "0",
         "--trainer.callbacks", "[]", "--trainer.max_steps", "1", "--trainer.enable_progress_bar", "false"]
@@ -179,14 +179,14 @@ def cases(f: dict[str, Path]) -> list[tuple[str, list[str], str | None]]:
     for extra in (["--config", "/no/such.yaml"], ["--config", str(f["bad.yaml"])], ["--config", str(f["unknown.yaml"])],
                   ["--config", str(f["wrongtype.yaml"])], ["--trainer.max_steps", "many"],
                   ["--model.init_args.no_such", "1"], ["--data.init_args.batch_size", "0"],
-                  ["--data.init_args.batch_size", "-4"], ["--model.init_args.resolution", "17"],
-                  ["--model.init_args.unet", "huge"], ["--model.init_args.p_drop_text", "2"],
-                  ["--model.init_args.sample_solver", "rk4"], ["--model.init_args.band_cutoffs", "[1000]"],
+                  ["--data.init_args.batch_size", "-4"], ["--model.init_args.noise.resolution", "17"],
+                  ["--model.init_args.net.preset", "huge"], ["--model.init_args.conditioning.p_drop_text", "2"],
+                  ["--model.init_args.sampling.solver", "rk4"], ["--model.init_args.noise.band_cutoffs", "[1000]"],
                   ["--data.init_args.aspects", "[\"2:1\"]"], ["--model.class_path", "os.system"],
                   ["--model.class_path", "lit_edify.nope.Model"], ["--data.init_args.resolution", "-32"],
                   ["--trainer.precision", "fp7"], ["--ckpt_path", str(f["random.ckpt"])],
-                  ["--ckpt_path", "/no/such.ckpt"], ["--model.init_args.text_encoder", "/no/such/encoder"],
-                  ["--model.init_args.sigma_min", "-1"], ["--model.init_args.guidance", "abc"]):
+                  ["--ckpt_path", "/no/such.ckpt"], ["--model.init_args.conditioning.text_encoder", "/no/such/encoder"],
+                  ["--model.init_args.noise.sigma_min", "-1"], ["--model.init_args.sampling.guidance", "abc"]):
         out_cases.append(("fit", [*fit, *extra], "out"))
     return out_cases
 

@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from lit_edify.modules.config import flat
 from lit_edify.benchmark import markdown_table, run_grid  # noqa: E402
 from lit_edify.diffusion.laplacian import down  # noqa: E402
 from lit_edify.io import atomic_save  # noqa: E402
@@ -67,7 +68,7 @@ def ensure_fashion(folder: Path, split: str, limit: int) -> Path:
     """Prepare ``limit`` Fashion-MNIST ``split`` images into ``folder`` unless it already holds that many."""
     have = sum(1 for _ in folder.rglob("*.png")) if folder.is_dir() else 0
     if have < limit:
-        from data_modules.prepare import main as prepare
+        from lit_edify.data_modules.prepare import main as prepare
 
         print(f"preparing Fashion-MNIST {split} ({limit} images) in {folder}", flush=True)
         if prepare(["fashion-mnist", "--out", str(folder), "--split", split, "--limit", str(limit)]) != 0:
@@ -85,7 +86,7 @@ def load_images(folder: Path, limit: int | None = None, cache_dir: Path | None =
     """
     from torch.utils.data import DataLoader, Subset
 
-    from data_modules.image_text import ImageTextDataModule
+    from lit_edify.data_modules.image_text import ImageTextDataModule
 
     dm = ImageTextDataModule(root=str(folder), resolution=32, multiple=16, aspects=["1:1"], num_workers=2,
                              p_drop_caption=0.0, val_fraction=0.0)
@@ -127,16 +128,16 @@ def reference_batches(images: torch.Tensor, captions: list[str], batch_size: int
 # ------------------------------------------------------------------------------------------------ models
 def edm_model(resolution: int = 32, guidance: float = 2.0) -> BaseModel:
     """Plain single-resolution EDM (no Laplacian bands), the tiny U-Net, full noise range [0.002, 80]."""
-    return BaseModel(**COMMON, unet_overrides={"pos_embed_size": resolution // 4}, resolution=resolution,
+    return BaseModel(**flat(**COMMON, unet_overrides={"pos_embed_size": resolution // 4}, resolution=resolution,
                      band_factors=[], band_cutoffs=[], band_starts=None, sigma_max=80.0, p_mean=-1.0, p_std=1.4,
-                     sample_steps=32, guidance=guidance)
+                     sample_steps=32, guidance=guidance))
 
 
 def upsampler_model(cutoff: float, guidance: float = 2.0) -> Upsampler:
     """32 px Laplacian stage (factor 2): detail band attenuated over [cutoff / 8, cutoff], sigma_max = cutoff."""
-    return Upsampler(**COMMON, unet_overrides={"pos_embed_size": 8}, resolution=32, factor=2, band_factors=[2],
+    return Upsampler(**flat(**COMMON, unet_overrides={"pos_embed_size": 8}, resolution=32, factor=2, band_factors=[2],
                      band_cutoffs=[cutoff], band_starts=[cutoff / 8], sigma_max=cutoff, p_mean=-1.0, p_std=1.2,
-                     sample_steps=16, guidance=guidance)
+                     sample_steps=16, guidance=guidance))
 
 
 def save_ckpt(module, path: Path) -> None:

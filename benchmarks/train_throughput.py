@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from lit_edify.benchmark import run_in_child  # noqa: E402 (after the path set-up)
 
 ARMS = {
-    "eager": ["--model.init_args.channels_last", "false", "--model.init_args.fused_adamw", "false",
+    "eager": ["--model.init_args.net.channels_last", "false", "--model.init_args.optim.fused", "false",
               "--data.init_args.num_workers", "0"],
     "optimised": [],
 }
@@ -69,7 +69,7 @@ def run_arm(name: str, extra: list[str], steps: int, warmup: int, device: str, t
         cli = build_cli(args, run=False)
     finally:
         sys.argv = argv
-    from callbacks.ema import EMA
+    from lit_edify.callbacks.ema import EMA
     cli.trainer.callbacks.extend([EMA(halflife_images=10_000, rampup_ratio=0.1), timer])
     t0 = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
@@ -80,8 +80,8 @@ def run_arm(name: str, extra: list[str], steps: int, warmup: int, device: str, t
     flops = None
     if device == "cuda":
         from lit_edify.nn.flops import training_flops_per_image
-        res = cli.model.hparams.resolution
-        flops = training_flops_per_image(cli.model.net, res, res, cli.model.hparams.max_text_length + 3)
+        res = cli.model.cfg.noise.resolution
+        flops = training_flops_per_image(cli.model.net, res, res, cli.model.cfg.conditioning.max_text_length + 3)
     return {"arm": name, "step_s": step, "step_p10": timed[len(timed) // 10], "step_p90": timed[9 * len(timed) // 10],
             "images_per_s": batch / step, "fit_s": total, "losses": timer.losses, "flops_per_image": flops,
             "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
@@ -105,7 +105,7 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     arms = dict(ARMS)
     if a.compile:
-        arms["optimised"] = arms["optimised"] + ["--model.init_args.compile", "true"]
+        arms["optimised"] = arms["optimised"] + ["--model.init_args.net.compile", "true"]
     results = {}
     for name, extra in arms.items():
         r = run_in_child(f"arm {name}", _child, name, extra, a.steps, a.warmup, a.device, a.threads, a.out)

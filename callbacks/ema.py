@@ -7,7 +7,7 @@ half-life to ``rampup_ratio * images_seen`` early in training. WeightAveraging s
 in for validation (and so for the metric and sample callbacks that run there), copies them into the
 model when training ends, and stores them as the checkpoint's ``state_dict`` (the raw weights go to
 ``current_model_state``), so resuming restores both. A step whose update the non-finite guard
-(callbacks.nonfinite) skipped leaves the average and ``images_seen`` unchanged.
+(lit_edify.callbacks.nonfinite) skipped leaves the average and ``images_seen`` unchanged.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
-from callbacks.nonfinite import step_skipped
+from .nonfinite import step_skipped
 
 
 class EMA(WeightAveraging):

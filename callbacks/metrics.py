@@ -7,7 +7,7 @@ loaded at the end of a validation / test epoch, scores them with
 ``pl_module.log`` (so they reach TensorBoard and can be monitored by checkpoints), and appends one
 record per evaluation to a JSON file in ``trainer.log_dir``.
 
-EMA: Lightning's ``WeightAveraging`` (``callbacks.ema.EMA``) swaps the averaged weights in on
+EMA: Lightning's ``WeightAveraging`` (``lit_edify.callbacks.ema.EMA``) swaps the averaged weights in on
 ``on_validation_epoch_start`` and back on ``on_validation_epoch_end``. This callback moves itself
 before any WeightAveraging callback in ``trainer.callbacks`` so its ``on_validation_epoch_end`` runs
 while the EMA weights are still loaded.
@@ -55,7 +55,7 @@ class GenerationMetrics(L.Callback):
         clip_checkpoint: local open_clip weights (file or ``local-dir`` folder) for the CLIP score;
             None disables it. No CLIP weights exist offline: a missing path is an error at setup.
         clip_model: open_clip architecture name (or model-config JSON path) of ``clip_checkpoint``.
-        adherence: None; "shapes": the shapes judge on ``data_modules.shapes.evaluation_prompts``
+        adherence: None; "shapes": the shapes judge on ``lit_edify.data_modules.shapes.evaluation_prompts``
             (prompts then come from there, split ``adherence_split``); "classifier": accuracy of a
             small CNN trained (and cached) on the reference images with their captions as classes.
         adherence_split: "test" or "heldout" prompts for adherence="shapes".
@@ -169,7 +169,7 @@ class GenerationMetrics(L.Callback):
                 kid_subsets=self.kid_subsets, kid_subset_size=self.kid_subset_size, seed=self.seed,
                 device=pl_module.device).prepare()
             if self.adherence == "shapes":
-                from data_modules.shapes import evaluation_prompts
+                from lit_edify.data_modules.shapes import evaluation_prompts
 
                 self._prompts = evaluation_prompts(n=self.num_images, seed=self.seed, split=self.adherence_split)
             else:

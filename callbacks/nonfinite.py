@@ -87,7 +87,7 @@ class NonFiniteGuard(Callback):
             raise NonFiniteTrainingError(
                 f"step {trainer.global_step}: {self.consecutive} consecutive steps had a non-finite loss or gradient "
                 f"({self.total} in all); training stopped and the weights of the last checkpoint are the last good "
-                "ones. Lower the learning rate (--model.init_args.lr), add gradient clipping "
+                "ones. Lower the learning rate (--model.init_args.optim.lr), add gradient clipping "
                 "(--trainer.gradient_clip_val 1.0) or check the data for NaN / inf values")
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:

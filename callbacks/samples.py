@@ -1,6 +1,6 @@
 """Fixed-seed sample grids, written to TensorBoard and as PNG (+ prompts) after each validation.
 
-Validation runs with the EMA weights swapped in (callbacks.ema.EMA), so the grids show the EMA model.
+Validation runs with the EMA weights swapped in (lit_edify.callbacks.ema.EMA), so the grids show the EMA model.
 For an upsampler the grid is: clean low-resolution inputs (down-sampled validation images, shown
 upscaled) next to the upsampled outputs. The PNG and the TensorBoard image carry each prompt drawn
 under its cell (:func:`captioned_grid`); the TensorBoard image is logged at the step of the validation
@@ -27,7 +27,7 @@ from lit_edify.io import save_image_atomic, write_text_atomic
 
 def default_prompts(n: int) -> list[dict]:
     """Prompts from the built-in shapes dataset's fixed test set."""
-    from data_modules.shapes import evaluation_prompts
+    from lit_edify.data_modules.shapes import evaluation_prompts
     return evaluation_prompts(n=n, seed=0, split="test")
 
 

@@ -46,4 +46,4 @@ class TruncationReport(Callback):
         n, example = enc.pop_truncations()
         if n:
             rank_zero_warn(f"{n} training caption(s) were truncated to {enc.max_length} tokens {when} "
-                           f"(e.g. {example!r}): shorten them or raise the module's max_text_length")
+                           f"(e.g. {example!r}): shorten them or raise the module's conditioning.max_text_length")

@@ -3,7 +3,7 @@
 Folder format (the common one; also what ``lit-edify data ...`` writes)::
 
     root/
-      any/sub/dirs/cat.jpg          an image (extensions: data_modules.imageio.IMAGE_EXTENSIONS)
+      any/sub/dirs/cat.jpg          an image (extensions: lit_edify.data_modules.imageio.IMAGE_EXTENSIONS)
       any/sub/dirs/cat.txt          its caption, same name with .txt (UTF-8; other encodings tolerated)
       metadata.jsonl                optional, one JSON object per line, e.g.
         {"file_name": "any/sub/dirs/cat.jpg", "caption": "...", "long_caption": "...",
@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from data_modules.imageio import IMAGE_EXTENSIONS, BadSample, read_size
+from .imageio import IMAGE_EXTENSIONS, BadSample, read_size
 
 __all__ = ["INDEX_NAME", "METADATA_NAME", "FolderIndex", "index_folder", "default_index_path"]
 

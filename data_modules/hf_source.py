@@ -1,13 +1,13 @@
-"""Hugging Face ``datasets`` sources for :mod:`data_modules.image_text`.
+"""Hugging Face ``datasets`` sources for :mod:`lit_edify.data_modules.image_text`.
 
 * :func:`open_hf` -- a dataset saved with ``save_to_disk`` (a local directory), or anything
   ``datasets.load_dataset`` can open offline (``"imagefolder"`` + ``data_dir``, a local loading
   script or Parquet/Arrow files, or a cached hub dataset), map-style or streaming.
 * :func:`hf_sizes` -- header-only image sizes of a map-style dataset, cached by fingerprint.
 * :class:`ImageValue` -- turns an image cell (``{"bytes", "path"}`` of ``datasets.Image(decode=False)``,
-  raw bytes, or a path string) into something :mod:`data_modules.imageio` can read.
+  raw bytes, or a path string) into something :mod:`lit_edify.data_modules.imageio` can read.
 
-The streaming bucketed iterable lives in :mod:`data_modules.streaming`.
+The streaming bucketed iterable lives in :mod:`lit_edify.data_modules.streaming`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import tempfile
 
 from collections.abc import Callable
 
-from data_modules.captions import clean_caption
-from data_modules.imageio import BadSample, read_size
+from .captions import clean_caption
+from .imageio import BadSample, read_size
 
 __all__ = ["open_hf", "hf_sizes", "hf_items", "image_value", "ImageValue", "undecoded"]
 
@@ -84,7 +84,7 @@ def undecoded(ds, image_column: str):
 
 
 def image_value(value):
-    """Image cell -> ``bytes`` or a path string, for :func:`data_modules.imageio.load_rgb`.
+    """Image cell -> ``bytes`` or a path string, for :func:`lit_edify.data_modules.imageio.load_rgb`.
 
     Raises:
         BadSample: an empty or unsupported cell.

@@ -132,7 +132,7 @@ def hed(images: Tensor) -> Tensor:
 def load_depth_file(image_path: str | Path, shape: tuple[int, int]) -> Tensor:
     """``<name>.depth.png`` next to ``image_path`` (grey 0..255, 255 = near), resized / centre-cropped like the
     image to ``shape = (H, W)`` -> (1, H, W) nearness in [-1, 1]. FileNotFoundError when absent."""
-    from data_modules.imageio import load_tensor
+    from .imageio import load_tensor
 
     path = Path(image_path).with_suffix(".depth.png")
     if not path.is_file():

@@ -4,16 +4,16 @@ Sources (exactly one):
 
 * ``root``: a folder of images with same-named ``.txt`` captions, optionally ``metadata.jsonl``
   (columns ``caption``, ``long_caption``, ``aesthetic``, ``pitch``, ``dof``, ``media_type``); see
-  :mod:`data_modules.folder_index`. ``lit-edify data tuxpaint|fashion-mnist`` writes this format.
+  :mod:`lit_edify.data_modules.folder_index`. ``lit-edify data tuxpaint|fashion-mnist`` writes this format.
 * ``hf_dataset``: a ``save_to_disk`` directory or a ``load_dataset`` name/path (e.g.
   ``"imagefolder"`` + ``hf_data_dir``), columns ``image_column``, ``caption_column``, optional
   ``long_caption_column`` and ``aesthetic``/``pitch``/``dof``/``media_type``. With
-  ``streaming=True`` data is read lazily and bucketed on the fly (:mod:`data_modules.streaming`).
+  ``streaming=True`` data is read lazily and bucketed on the fly (:mod:`lit_edify.data_modules.streaming`).
 
 Every image goes to the nearest of the aspect buckets (1:1, 4:3, 3:4, 16:9, 9:16 by default) and
 is resized/center-cropped to that bucket's shape at ``resolution``; batches come from one bucket
 (``BucketBatchSampler``: deterministic in ``(seed, epoch)``, disjoint across ranks). Batches are dicts
-of the shared sample contract (:mod:`data_modules.samples`): ``image`` float ``(B, 3, H, W)`` in
+of the shared sample contract (:mod:`lit_edify.data_modules.samples`): ``image`` float ``(B, 3, H, W)`` in
 ``[-1, 1]``, ``caption`` list of str, ``pitch``/``dof``/``media_type`` int64 ``(B,)`` (-1 unknown),
 ``aesthetic`` float ``(B,)`` (normalised to mean 1 over the training set; 1.0 without scores),
 ``aspect`` list of str.
@@ -36,16 +36,16 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from data_modules.buckets import ASPECT_RATIOS, BucketBatchSampler
-from data_modules.captions import CaptionMixer, clean_caption
-from data_modules.folder_index import index_folder
-from data_modules.imageio import DEFAULT_MAX_PIXELS
-from data_modules.records import BadFractionError, SkipLedger, aesthetic_weights, normalise_meta
-from data_modules.samples import REPORT_KEY, EpochLoader, ImageTextDataset, ResumableLoader, SampleMaker, fit_progress
+from .buckets import ASPECT_RATIOS, BucketBatchSampler
+from .captions import CaptionMixer, clean_caption
+from .folder_index import index_folder
+from .imageio import DEFAULT_MAX_PIXELS
+from .records import BadFractionError, SkipLedger, aesthetic_weights, normalise_meta
+from .samples import REPORT_KEY, EpochLoader, ImageTextDataset, ResumableLoader, SampleMaker, fit_progress
 
 __all__ = ["ImageTextDataModule", "BadFractionError"]
 
-log = logging.getLogger("data_modules.image_text")
+log = logging.getLogger("lit_edify.data_modules.image_text")
 
 
 def _in_val(name: str, seed: int, fraction: float) -> bool:
@@ -147,7 +147,7 @@ class ImageTextDataModule(L.LightningDataModule):
                 hp.root, max_pixels=hp.max_pixels, index_path=hp.index_path, require_caption=hp.require_caption
             )
         elif not hp.streaming:
-            from data_modules.hf_source import hf_sizes, open_hf, undecoded
+            from .hf_source import hf_sizes, open_hf, undecoded
 
             hf_sizes(undecoded(open_hf(hp.hf_dataset, hp.hf_split, hp.hf_data_dir), hp.image_column), hp.image_column)
 
@@ -173,7 +173,7 @@ class ImageTextDataModule(L.LightningDataModule):
         return items, idx.bad, None
 
     def _hf_items(self) -> tuple[list[dict], list[tuple[str, str]], object]:
-        from data_modules.hf_source import ImageValue, hf_items, open_hf, undecoded
+        from .hf_source import ImageValue, hf_items, open_hf, undecoded
 
         hp = self.hparams
         ds = undecoded(open_hf(hp.hf_dataset, hp.hf_split, hp.hf_data_dir), hp.image_column)
@@ -245,8 +245,8 @@ class ImageTextDataModule(L.LightningDataModule):
             self.val_set = ImageTextDataset(val_items, val_maker, getter, seed=hp.seed, deterministic=True)
 
     def _setup_streaming(self) -> None:
-        from data_modules.hf_source import open_hf, undecoded
-        from data_modules.streaming import StreamingBucketDataset, estimate_aesthetic_mean
+        from .hf_source import open_hf, undecoded
+        from .streaming import StreamingBucketDataset, estimate_aesthetic_mean
 
         hp = self.hparams
         ds = undecoded(open_hf(hp.hf_dataset, hp.hf_split, hp.hf_data_dir, streaming=True), hp.image_column)

@@ -128,7 +128,7 @@ def judge_image(img: torch.Tensor | np.ndarray) -> dict[str, Any]:
 
     Returns:
         ``{"color": str, "shape": str, "background": str, "pitch": int, "dof": int,
-        "media_type": int}`` with the names / codes of :mod:`data_modules.shapes_render`.
+        "media_type": int}`` with the names / codes of :mod:`lit_edify.data_modules.shapes_render`.
     """
     rgb = _to_numpy_255(img)
     h, w, _ = rgb.shape
@@ -213,7 +213,7 @@ def adherence(images: torch.Tensor | Sequence[torch.Tensor], prompts: Sequence[d
         images: ``(N, 3, H, W)`` float tensor in [-1, 1], or a sequence of ``(3, H, W)`` tensors
             (mixed aspect ratios).
         prompts: ``N`` dicts with the label keys of :data:`ATTRIBUTES` (as made by
-            :func:`data_modules.shapes.evaluation_prompts`); missing keys are not scored.
+            :func:`lit_edify.data_modules.shapes.evaluation_prompts`); missing keys are not scored.
 
     Returns:
         ``{attr: accuracy in [0, 1]}`` for every attribute scored, ``"all"``: fraction with colour,

@@ -1,6 +1,6 @@
 """``lit-edify data ...``: prepare real datasets in the image-text folder format.
 
-Commands (``python -m data_modules.prepare`` works the same)::
+Commands (``python -m lit_edify.data_modules.prepare`` works the same)::
 
     lit-edify data tuxpaint --out data/tuxpaint [--limit N] [--stamps-dir DIR] [--no-svg]
     lit-edify data fashion-mnist --out data/fashion_mnist [--limit N] [--split train|test] [--source-dir DIR]
@@ -38,7 +38,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-from data_modules.imageio import BadSample, load_rgb
+from .imageio import BadSample, load_rgb
 from lit_edify.commands.argtypes import ArgumentParser
 from lit_edify.io import atomic_path, write_text_atomic
 

@@ -1,6 +1,6 @@
 """Per-sample metadata parsing, aesthetic-weight normalisation and the bad-sample ledger.
 
-Shared by the folder and Hugging Face sources of :mod:`data_modules.image_text`.
+Shared by the folder and Hugging Face sources of :mod:`lit_edify.data_modules.image_text`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Per-sample dict (the shared contract of the project's datasets)::
      "caption": str (after long/short mixing and caption dropout; "" = unconditional)
      "pitch": int, "dof": int, "media_type": int (-1 = unknown)
      "aesthetic": float (normalised weight, mean 1 over the dataset; 1.0 without scores)
-     "aspect": str (a key of data_modules.buckets.ASPECT_RATIOS)}
+     "aspect": str (a key of lit_edify.data_modules.buckets.ASPECT_RATIOS)}
 
 ``torch.utils.data.default_collate`` batches these. :meth:`ImageTextDataset.collate` does the same
 and adds ``batch["_data_report"] = {"attempted": int, "skipped": [(name, reason)], "notes": [...]}``
@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from data_modules.buckets import ASPECT_RATIOS, bucket_shape, nearest_bucket
-from data_modules.captions import CaptionMixer, clean_caption, decode_caption
-from data_modules.imageio import BadSample, load_tensor
+from .buckets import ASPECT_RATIOS, bucket_shape, nearest_bucket
+from .captions import CaptionMixer, clean_caption, decode_caption
+from .imageio import BadSample, load_tensor
 
 __all__ = ["SampleMaker", "ImageTextDataset", "EpochLoader", "collate_with_report"]
 
@@ -253,7 +253,7 @@ def fit_progress(trainer) -> tuple[int, int]:
 
 
 class ResumableLoader(EpochLoader):
-    """An :class:`EpochLoader` over a :class:`~data_modules.buckets.BucketBatchSampler` that resumes mid-epoch
+    """An :class:`EpochLoader` over a :class:`~lit_edify.data_modules.buckets.BucketBatchSampler` that resumes mid-epoch
     exactly.
 
     Lightning stores :meth:`state_dict` in every checkpoint and, when it resumes, calls :meth:`load_state_dict`

@@ -2,10 +2,10 @@
 
 Each sample is one (optionally two) simple shapes of named colours on a textured two-tone background,
 with a short and a long caption, camera labels (pitch, depth of field) and a media-type label rendered
-into the image (see :mod:`data_modules.shapes_render`), and the depth / edge / mask maps that the
+into the image (see :mod:`lit_edify.data_modules.shapes_render`), and the depth / edge / mask maps that the
 ControlNets of Sec. 5 train on. A few (colour, shape) pairs (:data:`HELDOUT_PAIRS`) never appear in
 the train/val/test splits; split ``"heldout"`` consists of them, for a compositional test.
-:mod:`data_modules.judge` reads the labels back from an image.
+:mod:`lit_edify.data_modules.judge` reads the labels back from an image.
 
 Everything is deterministic in ``(seed, split, index)`` (and ``epoch`` for the caption choice).
 
@@ -127,7 +127,7 @@ class ShapesDataset(Dataset):
 
     @property
     def bucket_of(self) -> list[str]:
-        """Aspect bucket of every index (for :class:`~data_modules.buckets.BucketBatchSampler`)."""
+        """Aspect bucket of every index (for :class:`~lit_edify.data_modules.buckets.BucketBatchSampler`)."""
         return [self.aspects[i % len(self.aspects)] for i in range(self.num_samples)]
 
     def set_epoch(self, epoch: int) -> None:
@@ -177,7 +177,7 @@ class ShapesDataset(Dataset):
 def evaluation_prompts(
     n: int = 64, seed: int = 0, split: str = "test", aspects: Sequence[str] = ("1:1",)
 ) -> list[dict[str, Any]]:
-    """Fixed prompt set for adherence reports (judge with :func:`data_modules.judge.adherence`).
+    """Fixed prompt set for adherence reports (judge with :func:`lit_edify.data_modules.judge.adherence`).
 
     Labels are balanced by construction: prompt ``i`` uses pair ``i % len(pairs)`` of the split
     (``"test"``: the 15 training pairs; ``"heldout"``: the 3 held-out pairs, reported separately),
@@ -226,7 +226,7 @@ class ShapesDataModule(L.LightningDataModule):
     """LightningDataModule over :class:`ShapesDataset` with aspect-bucketed batches.
 
     Train batches are shuffled and interleave buckets randomly; val/test are not shuffled. All
-    loaders use :class:`~data_modules.buckets.BucketBatchSampler` (``drop_last=False``: under DDP the
+    loaders use :class:`~lit_edify.data_modules.buckets.BucketBatchSampler` (``drop_last=False``: under DDP the
     last batch of a bucket may repeat up to ``world_size - 1`` indices). Rank and world size come from
     the attached Trainer; multi-GPU runs need ``Trainer(use_distributed_sampler=False)`` because the
     sampler shards by rank itself. The epoch (shuffle order and the caption mix) advances through

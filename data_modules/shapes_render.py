@@ -244,7 +244,7 @@ def render(scene: ShapeScene, resolution: int, aspect: str | None = None, multip
 
     Args:
         scene: the scene.
-        resolution, multiple: as in :func:`~data_modules.buckets.bucket_shape`.
+        resolution, multiple: as in :func:`~lit_edify.data_modules.buckets.bucket_shape`.
         aspect: defaults to ``scene.aspect`` (another aspect may crop shapes at the border).
 
     Returns:

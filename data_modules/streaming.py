@@ -23,11 +23,11 @@ from collections.abc import Sequence
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from data_modules.captions import clean_caption
-from data_modules.hf_source import image_value
-from data_modules.imageio import BadSample, load_rgb
-from data_modules.records import aesthetic_weights, normalise_meta
-from data_modules.samples import SampleMaker, collate_with_report
+from .captions import clean_caption
+from .hf_source import image_value
+from .imageio import BadSample, load_rgb
+from .records import aesthetic_weights, normalise_meta
+from .samples import SampleMaker, collate_with_report
 
 __all__ = ["StreamingBucketDataset", "estimate_aesthetic_mean"]
 
@@ -48,7 +48,7 @@ def estimate_aesthetic_mean(hf_ds, column: str = "aesthetic", rows: int = 2048) 
 
 
 class StreamingBucketDataset(IterableDataset):
-    """Yields collated single-bucket batches (dicts as in :mod:`data_modules.samples`).
+    """Yields collated single-bucket batches (dicts as in :mod:`lit_edify.data_modules.samples`).
 
     Args:
         hf_ds: a ``datasets.IterableDataset`` whose image column is undecoded (``{"bytes", "path"}``),

@@ -242,7 +242,7 @@ def pick_adherence(mode: str, dm, captions: list[str]) -> str | None:
     label several images (class captions), else None."""
     if mode != "auto":
         return None if mode == "none" else mode
-    from data_modules.shapes import ShapesDataModule
+    from lit_edify.data_modules.shapes import ShapesDataModule
 
     if isinstance(dm, ShapesDataModule):
         return "shapes"
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                                    cache_dir=a.cache_dir or DEFAULT_CACHE_DIR, seed=a.seed, device=a.device)
     evaluator.prepare()
     if adherence == "shapes":
-        from data_modules.shapes import evaluation_prompts
+        from lit_edify.data_modules.shapes import evaluation_prompts
 
         prompts = evaluation_prompts(n=a.num_images, seed=a.seed, split="test")
     else:
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                            batch_size=a.batch_size, seed=a.seed, progress=progress)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    guidance = model.hparams.guidance if a.guidance is None else a.guidance
+    guidance = model.cfg.sampling.guidance if a.guidance is None else a.guidance
     report = {"ckpt": str(a.ckpt), "config": list(a.config), "overrides": overrides, "split": a.split,
               "num_images": a.num_images, "num_reference": len(evaluator.reference_captions),
               "guidance": guidance, "adherence": adherence, "seed": a.seed, "device": a.device,

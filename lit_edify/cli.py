@@ -27,7 +27,12 @@ PROJECT_COMMANDS = ("quickstart", "sample", "data", "benchmark", "export")
 
 def lightning_main(args: list[str] | None = None) -> None:
     """Console script ``lightning``."""
-    build_cli(args)
+    from lit_edify.commands.fit import MovedClassPathError
+
+    try:
+        build_cli(args)
+    except MovedClassPathError as exc:
+        sys.exit(f"lightning: error: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +64,7 @@ def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in PROJECT_COMMANDS:
         cmd, rest = argv[0], argv[1:]
         if cmd == "data":
-            from data_modules.prepare import main as data_main
+            from lit_edify.data_modules.prepare import main as data_main
             return data_main(rest)
         if cmd == "quickstart":
             from lit_edify.quickstart import main as quickstart_main

@@ -86,7 +86,7 @@ class EtaPrinter(Callback):
 # ----------------------------------------------------------------------------------------------- data
 def prepare_data(name: str, root: Path) -> tuple[Path, Path]:
     """Prepare (train folder, test folder) for an image dataset from its Debian package, once."""
-    from data_modules.prepare import main as prepare
+    from lit_edify.data_modules.prepare import main as prepare
 
     train, test = root / name.replace("-", "_"), root / f"{name.replace('-', '_')}_test"
     jobs = [(train, ["--split", "train"]), (test, ["--split", "test"])] if name == "fashion-mnist" else [(train, [])]
@@ -139,8 +139,8 @@ def artefacts(images: torch.Tensor, real: torch.Tensor) -> dict:
 
 def evaluate_shapes(model, a: argparse.Namespace) -> dict:
     """The fixed shapes prompt sets through the judge, plus artefact statistics against real renders."""
-    from data_modules.judge import adherence
-    from data_modules.shapes import ShapesDataset, evaluation_prompts
+    from lit_edify.data_modules.judge import adherence
+    from lit_edify.data_modules.shapes import ShapesDataset, evaluation_prompts
 
     report = {}
     for split, n in (("test", a.num_prompts), ("heldout", max(12, a.num_prompts // 4))):
@@ -153,7 +153,7 @@ def evaluate_shapes(model, a: argparse.Namespace) -> dict:
         write_text_atomic(a.out / f"{split}_prompts.txt", "\n".join(p["caption"] for p in prompts) + "\n")
         report[split] = adherence(images, prompts)
         if split == "test":
-            ds = ShapesDataset(256, model.hparams.resolution, split="test", multiple=model.resolution_multiple)
+            ds = ShapesDataset(256, model.cfg.noise.resolution, split="test", multiple=model.resolution_multiple)
             report["artefacts"] = artefacts(images, torch.stack([ds[i]["image"] for i in range(len(ds))]))
     report["targets"] = SHAPES_TARGETS
     report["meets_targets"] = all(report["test"][k] >= v for k, v in SHAPES_TARGETS.items())
@@ -165,7 +165,7 @@ def evaluate_images(model, a: argparse.Namespace, test_dir: Path) -> dict:
 
     The prompts are the captions of ``--num-images`` test images drawn at random (seeded), so the classes
     are mixed as in the test set."""
-    from data_modules.image_text import ImageTextDataModule
+    from lit_edify.data_modules.image_text import ImageTextDataModule
     from lit_edify.metrics import GeneratorEvaluator, generate_batches
 
     ev = GeneratorEvaluator(str(test_dir), adherence="classifier", num_reference=a.num_reference,
@@ -177,7 +177,7 @@ def evaluate_images(model, a: argparse.Namespace, test_dir: Path) -> dict:
                                                                  **kw), prompts, batch_size=100, seed=0)
     scores = ev.score_batches(batches, prompts)
     images = torch.cat([im for _, im in batches])
-    res = model.hparams.resolution  # real images as training sees them (resized to the model's buckets)
+    res = model.cfg.noise.resolution  # real images as training sees them (resized to the model's buckets)
     dm = ImageTextDataModule(root=str(test_dir), resolution=res, multiple=model.resolution_multiple,
                              aspects=["1:1"], batch_size=512, num_workers=0, p_drop_caption=0.0)
     dm.setup("fit")

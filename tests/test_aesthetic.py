@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, Dataset
 
-from callbacks.aesthetic import AestheticWeighting, load_scorer
+from lit_edify.callbacks.aesthetic import AestheticWeighting, load_scorer
 
 torch.set_num_threads(1)
 N, B = 12, 4  # 3 batches per epoch

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lit_edify.modules.config import flat
 from lit_edify.io import atomic_path, atomic_save, save_image_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,11 +84,11 @@ def test_images_keep_their_format_and_replace_the_old_file(tmp_path):
 def test_sample_grid_files_are_written_whole(tmp_path, tiny_base_kwargs):
     from types import SimpleNamespace
 
-    from callbacks.samples import SampleGrid
+    from lit_edify.callbacks.samples import SampleGrid
     from lit_edify.modules.base import BaseModel
 
     torch.manual_seed(0)
-    model = BaseModel(**tiny_base_kwargs).eval()
+    model = BaseModel(**flat(**tiny_base_kwargs)).eval()
     grid = SampleGrid(prompts=["a red circle", "a blue square"], steps=1, out_dir=str(tmp_path))
     grid._write(SimpleNamespace(global_step=7, loggers=[]), model)
     assert Image.open(tmp_path / "step_0000007.png").format == "PNG"

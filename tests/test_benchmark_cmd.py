@@ -13,8 +13,8 @@ RECIPE = str(ROOT / "recipes/tiny/base32.yaml")
 UNET = json.dumps({"model_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_levels": [1],
                    "head_dim": 16, "context_dim": 32, "pos_embed_size": 4})
 DATA16 = ["--data.init_args.resolution", "16", "--data.init_args.multiple", "8", "--data.init_args.val_size", "4"]
-TINY = ["--config", RECIPE, "--model.init_args.resolution", "16", "--model.init_args.unet_overrides", UNET,
-        "--model.init_args.sample_steps", "2", *DATA16, "--data.init_args.batch_size", "4",
+TINY = ["--config", RECIPE, "--model.init_args.noise.resolution", "16", "--model.init_args.net.overrides", UNET,
+        "--model.init_args.sampling.steps", "2", *DATA16, "--data.init_args.batch_size", "4",
         "--data.init_args.train_size", "64", "--trainer.limit_val_batches", "0"]
 
 

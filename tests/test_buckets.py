@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from data_modules.buckets import ASPECT_RATIOS, BucketBatchSampler, bucket_shape, nearest_bucket
+from lit_edify.data_modules.buckets import ASPECT_RATIOS, BucketBatchSampler, bucket_shape, nearest_bucket
 
 FIVE = ["1:1", "4:3", "3:4", "16:9", "9:16"]
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from data_modules.captions import CaptionMixer, clean_caption, decode_caption
-from data_modules.image_text import ImageTextDataModule
+from lit_edify.data_modules.captions import CaptionMixer, clean_caption, decode_caption
+from lit_edify.data_modules.image_text import ImageTextDataModule
 
 torch.set_num_threads(1)
 

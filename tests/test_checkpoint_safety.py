@@ -11,7 +11,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from callbacks.ema import EMA
+from lit_edify.modules.config import flat
+from lit_edify.callbacks.ema import EMA
 from lit_edify.cli import main
 from lit_edify.modules.base import BaseModel
 from lit_edify.pipelines.checkpoints import CheckpointError, load_module, read_checkpoint
@@ -30,7 +31,7 @@ def ckpt(tmp_path_factory, tiny_base_kwargs):
     """A real Lightning checkpoint of the tiny base model after 2 steps with the EMA callback."""
     root = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
-    model = BaseModel(**tiny_base_kwargs)
+    model = BaseModel(**flat(**tiny_base_kwargs))
     callbacks = [EMA(halflife_images=8, rampup_ratio=None), ModelCheckpoint(dirpath=root, save_last=True)]
     trainer = L.Trainer(max_steps=2, callbacks=callbacks, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=root)
@@ -152,7 +153,7 @@ def test_export_then_load_gives_bit_identical_denoiser_outputs(ckpt, tmp_path, c
     raw = torch.load(ckpt, weights_only=True)
     assert ema and all(torch.equal(state[k], v) for k, v in raw["state_dict"].items())       # the EMA weights
     assert any(not torch.equal(state[k], v) for k, v in raw["current_model_state"].items())  # not the raw ones
-    assert hparams["max_text_length"] == 16
+    assert hparams["conditioning"]["max_text_length"] == 16
     with safe_open(str(out), "pt") as f:  # class and hyper-parameters are plain JSON metadata
         assert f.metadata()["lit_edify_class"] == "lit_edify.modules.base.BaseModel"
 

@@ -81,7 +81,7 @@ def test_evaluator_classifier_adherence_separates_obeying_from_ignoring_generato
 
 
 def test_evaluator_shapes_judge_over_mixed_aspects():
-    from data_modules.shapes import ShapesDataset, evaluation_prompts
+    from lit_edify.data_modules.shapes import ShapesDataset, evaluation_prompts
 
     prompts = evaluation_prompts(n=8, seed=0, split="test", aspects=("1:1", "16:9"))
     scenes = {p["caption"]: p["scene"] for p in prompts}

@@ -9,15 +9,15 @@ import lightning as L
 import pytest
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
-from data_modules.buckets import ASPECT_RATIOS, bucket_shape
+from lit_edify.data_modules.buckets import ASPECT_RATIOS, bucket_shape
 from lit_edify.cli import build_cli, main
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--config", str(ROOT / "recipes/tiny/base32.yaml"), "--model.init_args.resolution", "16",
-        "--model.init_args.unet_overrides",
+TINY = ["--config", str(ROOT / "recipes/tiny/base32.yaml"), "--model.init_args.noise.resolution", "16",
+        "--model.init_args.net.overrides",
         json.dumps({"model_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_levels": [1],
                     "head_dim": 16, "context_dim": 32, "pos_embed_size": 4}),
-        "--model.init_args.sample_steps", "2", "--data.init_args.resolution", "16", "--data.init_args.multiple", "8",
+        "--model.init_args.sampling.steps", "2", "--data.init_args.resolution", "16", "--data.init_args.multiple", "8",
         "--data.init_args.batch_size", "4", "--data.init_args.val_size", "4", "--data.init_args.train_size", "64",
         "--trainer.limit_val_batches", "0"]
 
@@ -86,8 +86,8 @@ def test_debug_shows_the_traceback(tmp_path):
 
 UNET = json.dumps({"model_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_levels": [1],
                    "head_dim": 16, "context_dim": 32, "pos_embed_size": 8})
-TINY_UP = ["--config", str(ROOT / "recipes/tiny/upsampler64.yaml"), "--model.init_args.resolution", "32",
-           "--model.init_args.unet_overrides", UNET, "--model.init_args.sample_steps", "2",
+TINY_UP = ["--config", str(ROOT / "recipes/tiny/upsampler64.yaml"), "--model.init_args.noise.resolution", "32",
+           "--model.init_args.net.overrides", UNET, "--model.init_args.sampling.steps", "2",
            "--data.init_args.resolution", "32", "--data.init_args.multiple", "16", "--data.init_args.batch_size", "2",
            "--data.init_args.val_size", "5", "--data.init_args.train_size", "20", "--trainer.limit_val_batches", "0"]
 
@@ -148,7 +148,7 @@ def test_a_fit_that_fails_before_its_first_step_leaves_no_run_folder(tmp_path, c
 
 def test_an_unknown_sample_solver_fails_before_training(tmp_path, cli_error):
     err = cli_error(["fit", *TINY, "--trainer.default_root_dir", str(tmp_path / "r"),
-                     "--model.init_args.sample_solver", "rk4"])
+                     "--model.init_args.sampling.solver", "rk4"])
     assert "unknown solver 'rk4'" in err and not (tmp_path / "r").exists()
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_modules.prepare import MARKER
-from data_modules.prepare import main as data_main
+from lit_edify.data_modules.prepare import MARKER
+from lit_edify.data_modules.prepare import main as data_main
 from lit_edify.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,10 +6,11 @@ import lightning as L
 import pytest
 import torch
 
-from callbacks.ema import EMA
-from data_modules.buckets import ASPECT_RATIOS, bucket_shape
-from data_modules.hints import HintDataModule
-from data_modules.shapes import ShapesDataModule
+from lit_edify.modules.config import flat
+from lit_edify.callbacks.ema import EMA
+from lit_edify.data_modules.buckets import ASPECT_RATIOS, bucket_shape
+from lit_edify.data_modules.hints import HintDataModule
+from lit_edify.data_modules.shapes import ShapesDataModule
 from lit_edify.modules.base import BaseModel
 from lit_edify.modules.controlnet import BaseMismatchError, ControlNetModule
 from lit_edify.modules.registry import class_path
@@ -30,7 +31,7 @@ def save_module(module, path):
 @pytest.fixture(scope="module")
 def base_ckpt(tiny_base_kwargs, tmp_path_factory):
     torch.manual_seed(0)
-    base = BaseModel(**tiny_base_kwargs)
+    base = BaseModel(**flat(**tiny_base_kwargs))
     with torch.no_grad():  # a "trained" base: non-zero output layers, so the denoiser is not trivial
         for p in base.net.parameters():
             p.add_(0.02 * torch.randn_like(p))
@@ -47,7 +48,7 @@ def randomize_projections(cn: ControlNetModule, seed: int = 1) -> None:
 
 def inputs(cn, n=2, aspect="1:1", seed=0):
     g = torch.Generator().manual_seed(seed)
-    h, w = bucket_shape(aspect, cn.hparams.resolution, cn.resolution_multiple)
+    h, w = bucket_shape(aspect, cn.cfg.noise.resolution, cn.resolution_multiple)
     x = torch.randn(n, 3, h, w, generator=g)
     sigma = torch.tensor([0.5, 3.0, 20.0, 0.05][:n])
     ctx, mask = cn.base.encode_conditions(["a red circle", "a blue square", "a green triangle", "x"][:n], drop=False)
@@ -115,7 +116,7 @@ def test_every_aspect_ratio(base_ckpt, aspect):
 
 
 def test_fit_trains_only_the_controlnet_and_the_checkpoint_holds_only_it(base_ckpt, tmp_path):
-    cn = ControlNetModule(base_ckpt, hint="canny", lr=1e-3, warmup_steps=1)
+    cn = ControlNetModule(base_ckpt, hint="canny", optim={"lr": 1e-3, "warmup_steps": 1})
     base_before = {k: v.clone() for k, v in cn.base.state_dict().items()}
     cn_before = {k: v.clone() for k, v in cn.controlnet.state_dict().items()}
     data = HintDataModule(ShapesDataModule(resolution=16, multiple=8, train_size=12, val_size=4, batch_size=4),
@@ -147,7 +148,7 @@ def test_hash_mismatch_unknown_hint_and_bad_hints_are_clear_errors(base_ckpt, ti
     with pytest.raises(BaseMismatchError, match=f"sha256 {cn.base.lit_edify_sha256}.*sha256 {'0' * 64}.*trained on"):
         ControlNetModule(base_ckpt, hint="canny", base_sha256="0" * 64)
     torch.manual_seed(5)
-    other = BaseModel(**tiny_base_kwargs)
+    other = BaseModel(**flat(**tiny_base_kwargs))
     with pytest.raises(BaseMismatchError, match="pass the base checkpoint it was trained on"):
         controlled_text_to_image(other, ["a red circle"], [(cn, torch.zeros(1, 1, 16, 16), 1.0)], steps=1)
     with pytest.raises(ValueError, match=r"unknown hint type 'sketch'; choose one of \['canny', 'depth'"):
@@ -170,7 +171,7 @@ def test_controlled_sampling_base_alone_and_through_both_plans(base_ckpt, tiny_b
     torch.manual_seed(0)
     kw = {**tiny_base_kwargs, "resolution": 32, "unet_overrides": {**tiny_base_kwargs["unet_overrides"],
                                                                     "pos_embed_size": 8}}
-    up = Upsampler(**kw, factor=2, band_factors=[2], band_cutoffs=[2.0], band_starts=[0.25], sigma_max=2.0).eval()
+    up = Upsampler(**flat(**kw, factor=2, band_factors=[2], band_cutoffs=[2.0], band_starts=[0.25], sigma_max=2.0)).eval()
     hint = torch.rand(2, 1, 16, 16)
     y = cn.generate(["a red circle", "a blue square"], hint=hint, steps=2)
     assert y.shape == (2, 3, 16, 16) and y.abs().max() <= 1

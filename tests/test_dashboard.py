@@ -10,8 +10,9 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from callbacks.samples import SampleGrid, captioned_grid
-from data_modules.shapes import ShapesDataModule
+from lit_edify.modules.config import flat
+from lit_edify.callbacks.samples import SampleGrid, captioned_grid
+from lit_edify.data_modules.shapes import ShapesDataModule
 from lit_edify.modules.base import BaseModel
 
 STEPS, VAL_EVERY, LOG_EVERY = 30, 10, 5
@@ -31,7 +32,7 @@ def run(tmp_path_factory, tiny_base_kwargs):
     """30 steps of the tiny base model on shapes, validation every 10 steps, a 4-image grid each time."""
     root = tmp_path_factory.mktemp("tb")
     torch.manual_seed(0)
-    model = Recording(**tiny_base_kwargs)
+    model = Recording(**flat(**tiny_base_kwargs))
     model.seen = []
     dm = ShapesDataModule(resolution=16, train_size=STEPS * 4, val_size=8, batch_size=4, multiple=16)
     grid = SampleGrid(num_images=4, steps=2)

@@ -7,7 +7,7 @@ import torch
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from callbacks.ema import EMA
+from lit_edify.callbacks.ema import EMA
 
 
 @pytest.mark.parametrize("batch", [1, 8, 64])

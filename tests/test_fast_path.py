@@ -2,12 +2,13 @@
 path computes: same losses and weights after several optimizer steps, to float32 round-off."""
 import torch
 
+from lit_edify.modules.config import flat
 from lit_edify.modules.base import BaseModel
 
 
 def _train(kw: dict, channels_last: bool, fused: bool, steps: int = 5) -> tuple[list[float], dict]:
     torch.manual_seed(0)
-    m = BaseModel(**kw, channels_last=channels_last, fused_adamw=fused)
+    m = BaseModel(**flat(**kw, channels_last=channels_last, fused_adamw=fused))
     opt = m.configure_optimizers()["optimizer"]
     assert bool(opt.defaults.get("fused")) == fused
     if channels_last:
@@ -38,5 +39,5 @@ def test_channels_last_and_fused_adamw_match_the_eager_path(tiny_base_kwargs):
     assert worst < 0.02 * kw["lr"]
     # and the weights did move (the comparison is not between two untouched models)
     torch.manual_seed(0)
-    fresh = BaseModel(**kw, channels_last=False, fused_adamw=False).state_dict()
+    fresh = BaseModel(**flat(**kw, channels_last=False, fused_adamw=False)).state_dict()
     assert max((fresh[k] - eager[k]).abs().max().item() for k in eager) > 1e-4

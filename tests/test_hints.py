@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data_modules.hints import (TASKS, HintDataModule, border_mask, canny, check_mask, hed, inpaint_control,
+from lit_edify.data_modules.hints import (TASKS, HintDataModule, border_mask, canny, check_mask, hed, inpaint_control,
                                 load_depth_file, make_hint, stroke_mask, task_onehot)
-from data_modules.shapes import ShapesDataModule, ShapesDataset
-from data_modules.shapes_render import ShapeObject, ShapeScene
+from lit_edify.data_modules.shapes import ShapesDataModule, ShapesDataset
+from lit_edify.data_modules.shapes_render import ShapeObject, ShapeScene
 
 
 def square(resolution=32, dof=0, media_type=0):
@@ -110,9 +110,9 @@ def test_depth_file_maker_adds_depth_beside_image_files(tmp_path):
 
     from PIL import Image
 
-    from data_modules.captions import CaptionMixer
-    from data_modules.hints import DepthFileMaker
-    from data_modules.samples import SampleMaker
+    from lit_edify.data_modules.captions import CaptionMixer
+    from lit_edify.data_modules.hints import DepthFileMaker
+    from lit_edify.data_modules.samples import SampleMaker
 
     Image.new("RGB", (20, 20), (10, 200, 10)).save(tmp_path / "a.png")
     Image.new("L", (20, 20), 0).save(tmp_path / "a.depth.png")

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from data_modules.buckets import bucket_shape
-from data_modules.image_text import BadFractionError, ImageTextDataModule
+from lit_edify.data_modules.buckets import bucket_shape
+from lit_edify.data_modules.image_text import BadFractionError, ImageTextDataModule
 
 torch.set_num_threads(1)
 RES, MULT = 64, 16
@@ -286,7 +286,7 @@ class _Tiny(L.LightningModule):
 
 def test_lightning_trains_through_bad_files_and_sets_the_epoch(folder, tmp_path, caplog):
     root, _ = folder
-    caplog.set_level("INFO", logger="data_modules.image_text")
+    caplog.set_level("INFO", logger="lit_edify.data_modules.image_text")
     dm = _dm(root)
     model = _Tiny()
     trainer = L.Trainer(
@@ -358,7 +358,7 @@ def test_hf_dataset_map_style(hf_dir):
 
 
 def test_hf_streaming_buckets_on_the_fly_and_shards_by_rank(hf_dir):
-    from data_modules.streaming import StreamingBucketDataset
+    from lit_edify.data_modules.streaming import StreamingBucketDataset
 
     dm = _dm(None, hf_dataset=hf_dir, streaming=True, stream_repeat=False, batch_size=3)
     dm.setup("fit")

@@ -7,6 +7,7 @@ import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from lit_edify.modules.config import flat
 from lit_edify.metrics import (
     GeneratorEvaluator,
     InceptionPool3,
@@ -191,16 +192,16 @@ def test_callback_logs_ema_metrics_to_tensorboard_and_json(tmp_path, tiny_base_k
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from callbacks.ema import EMA
-    from callbacks.metrics import GenerationMetrics
-    from data_modules.shapes import ShapesDataModule
+    from lit_edify.callbacks.ema import EMA
+    from lit_edify.callbacks.metrics import GenerationMetrics
+    from lit_edify.data_modules.shapes import ShapesDataModule
     from lit_edify.modules.base import BaseModel
 
     class Testable(BaseModel):  # the base model defines no test_step; reuse its validation loss
         test_step = BaseModel.validation_step
 
     torch.manual_seed(0)
-    model = Testable(**tiny_base_kwargs)
+    model = Testable(**flat(**tiny_base_kwargs))
     dm = ShapesDataModule(resolution=16, train_size=8, val_size=8, batch_size=4, seed=0)
     # Inception runs on 4 reference + 2 generated images per evaluation (FID needs 2)
     metrics = GenerationMetrics(num_images=2, batch_size=2, steps=2, kid_subsets=5, adherence="shapes",

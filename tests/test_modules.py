@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from data_modules.buckets import ASPECT_RATIOS
+from lit_edify.modules.config import flat
+from lit_edify.data_modules.buckets import ASPECT_RATIOS
 from lit_edify.diffusion.laplacian import down
 from lit_edify.modules.base import BaseModel
 from lit_edify.modules.upsampler import Upsampler
@@ -12,7 +13,7 @@ from lit_edify.pipelines.text2image import text_to_image
 @pytest.fixture(scope="module")
 def base(tiny_base_kwargs):
     torch.manual_seed(0)
-    return BaseModel(**tiny_base_kwargs)
+    return BaseModel(**flat(**tiny_base_kwargs))
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def upsampler(tiny_base_kwargs):
     torch.manual_seed(0)
     kw = {**tiny_base_kwargs, "resolution": 32, "unet_overrides": {**tiny_base_kwargs["unet_overrides"],
                                                                     "pos_embed_size": 8}}
-    return Upsampler(**kw, factor=2, band_factors=[2], band_cutoffs=[2.0], band_starts=[0.25], sigma_max=2.0)
+    return Upsampler(**flat(**kw, factor=2, band_factors=[2], band_cutoffs=[2.0], band_starts=[0.25], sigma_max=2.0))
 
 
 def batch(n=4, side=16):
@@ -101,16 +102,16 @@ def test_upsample_keeps_the_low_resolution_content_range(upsampler):
 
 def test_bad_configuration_is_rejected(tiny_base_kwargs):
     with pytest.raises(ValueError, match="multiples of"):
-        BaseModel(**{**tiny_base_kwargs, "resolution": 18})
+        BaseModel(**flat(**{**tiny_base_kwargs, "resolution": 18}))
     with pytest.raises(ValueError, match="below the finest band cutoff"):
-        BaseModel(**{**tiny_base_kwargs, "sigma_max": 1.0})
+        BaseModel(**flat(**{**tiny_base_kwargs, "sigma_max": 1.0}))
 
 
 def test_long_prompts_warn_and_are_truncated(base):
     long = " ".join(["red"] * 200)
     with pytest.warns(UserWarning, match="truncat"):
         tokens, mask = base._text_encoder.encode([long + " unique-suffix-for-cache"])
-    assert tokens.shape[1] <= base.hparams.max_text_length
+    assert tokens.shape[1] <= base.cfg.conditioning.max_text_length
 
 
 def test_down_of_an_image_matches_the_upsampler_reference(upsampler):

@@ -7,8 +7,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from callbacks.ema import EMA
-from callbacks.nonfinite import NonFiniteGuard, NonFiniteTrainingError
+from lit_edify.callbacks.ema import EMA
+from lit_edify.callbacks.nonfinite import NonFiniteGuard, NonFiniteTrainingError
 from lit_edify.modules.base import BaseModel
 
 torch.set_num_threads(1)
@@ -70,10 +70,10 @@ class SkipBatch(BaseModel):
 
 def run(cls, data, guard=True, steps=5):
     torch.manual_seed(0)
-    model = cls(unet="tiny", unet_overrides={"model_channels": 16, "channel_mult": (1, 2), "num_res_blocks": 1,
-                                            "attention_levels": (1,), "head_dim": 16, "context_dim": 32,
-                                            "pos_embed_size": 4},
-                resolution=16, max_text_length=16, sample_steps=4, warmup_steps=1, lr=1e-3)
+    model = cls(net={"overrides": {"model_channels": 16, "channel_mult": (1, 2), "num_res_blocks": 1,
+                                   "attention_levels": (1,), "head_dim": 16, "context_dim": 32, "pos_embed_size": 4}},
+                noise={"resolution": 16}, conditioning={"max_text_length": 16}, sampling={"steps": 4},
+                optim={"warmup_steps": 1, "lr": 1e-3})
     ema = EMA(halflife_images=8, rampup_ratio=None)
     rec = Record(ema)
     guards = [NonFiniteGuard(max_consecutive=3)] if guard else []
@@ -190,12 +190,12 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
 def test_the_cli_adds_the_guard_once_and_a_recipe_can_configure_it():
     from test_cli import TINY
 
-    from callbacks.truncation import TruncationReport
+    from lit_edify.callbacks.truncation import TruncationReport
     from lit_edify.cli import build_cli
 
     plain = build_cli(TINY, run=False).trainer.callbacks
     assert [type(c) for c in plain[:2]] == [NonFiniteGuard, TruncationReport]
-    own = build_cli([*TINY, "--trainer.callbacks+=callbacks.nonfinite.NonFiniteGuard",
+    own = build_cli([*TINY, "--trainer.callbacks+=lit_edify.callbacks.nonfinite.NonFiniteGuard",
                      "--trainer.callbacks.max_consecutive=3"], run=False).trainer.callbacks
     guards = [c for c in own if isinstance(c, NonFiniteGuard)]
     assert len(guards) == 1 and guards[0].max_consecutive == 3

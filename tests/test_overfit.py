@@ -16,7 +16,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
-from data_modules.shapes import ShapesDataset
+from lit_edify.data_modules.shapes import ShapesDataset
 from lit_edify.modules.base import BaseModel
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data_modules.image_text import ImageTextDataModule
-from data_modules.prepare import main, read_idx
+from lit_edify.data_modules.image_text import ImageTextDataModule
+from lit_edify.data_modules.prepare import main, read_idx
 
 torch.set_num_threads(1)
 

@@ -7,16 +7,18 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from lit_edify.modules.config import flat
 from lit_edify import quickstart
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = """
 model:
   init_args:
-    resolution: 16
-    unet_overrides: {model_channels: 16, channel_mult: [1, 2], num_res_blocks: 1, attention_levels: [1],
-                     head_dim: 16, context_dim: 32, pos_embed_size: 4}
-    sample_steps: 2
+    noise: {resolution: 16}
+    net:
+      overrides: {model_channels: 16, channel_mult: [1, 2], num_res_blocks: 1, attention_levels: [1],
+                  head_dim: 16, context_dim: 32, pos_embed_size: 4}
+    sampling: {steps: 2}
 data:
   init_args: {resolution: 16, multiple: 8, batch_size: 4, val_size: 4}
 trainer:
@@ -53,7 +55,7 @@ def test_image_data_evaluation_scores_against_real_images(tmp_path, tiny_base_kw
     from lit_edify.modules.base import BaseModel
 
     torch.manual_seed(0)
-    model = BaseModel(**tiny_base_kwargs).eval()
+    model = BaseModel(**flat(**tiny_base_kwargs)).eval()
     a = argparse.Namespace(out=tmp_path / "qs", num_images=8, num_reference=24, sample_steps=2, guidance=1.0,
                            classifier_steps=20)
     a.out.mkdir()

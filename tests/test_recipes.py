@@ -34,15 +34,15 @@ def test_real_data_recipes_compose_with_the_tiny_model(data_recipe, capsys, monk
         main(["fit", "--config", "recipes/tiny/base32.yaml", "--config", data_recipe, "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"] == "lit_edify.modules.base.BaseModel"
-    assert printed["data"]["class_path"] == "data_modules.image_text.ImageTextDataModule"
-    assert printed["data"]["init_args"]["resolution"] == printed["model"]["init_args"]["resolution"]
+    assert printed["data"]["class_path"] == "lit_edify.data_modules.image_text.ImageTextDataModule"
+    assert printed["data"]["init_args"]["resolution"] == printed["model"]["init_args"]["noise"]["resolution"]
 
 
 @pytest.mark.parametrize("recipe,billions", [("recipes/base256.yaml", 2.7), ("recipes/upsampler1k.yaml", 1.6)])
 def test_paper_scale_models_have_the_reported_size(recipe, billions, monkeypatch):
     cfg = yaml.safe_load((ROOT / recipe).read_text())
     args = cfg["model"]["init_args"]
-    assert args["max_text_length"] == 512 and cfg["trainer"]["precision"] == "bf16-mixed"
+    assert args["conditioning"]["max_text_length"] == 512 and cfg["trainer"]["precision"] == "bf16-mixed"
     trainer = cfg["trainer"]
     data = cfg["data"]["init_args"]
     global_batch = data["batch_size"] * trainer["devices"] * trainer["num_nodes"] * trainer.get("accumulate_grad_batches", 1)
@@ -51,11 +51,11 @@ def test_paper_scale_models_have_the_reported_size(recipe, billions, monkeypatch
     with torch.device("meta"):
         stand_in = TextEncoder.from_config(T5Config(d_model=4096, d_kv=64, d_ff=256, num_layers=1, num_heads=2,
                                                     vocab_size=30522), tokenizer="minilm", max_length=512)
-    monkeypatch.setitem(mixin._TEXT_ENCODERS, (args["text_encoder"], 512), stand_in)
+    monkeypatch.setitem(mixin._TEXT_ENCODERS, (args["conditioning"]["text_encoder"], 512), stand_in)
     module_path, cls_name = cfg["model"]["class_path"].rsplit(".", 1)
     cls = getattr(__import__(module_path, fromlist=[cls_name]), cls_name)
     with torch.device("meta"):
         model = cls(**args)
     n = count_parameters(model.net) + count_parameters(model.embedder)
     assert abs(n / (billions * 1e9) - 1) < 0.05, n
-    assert model.resolution_multiple * 1 <= args["resolution"]
+    assert model.resolution_multiple * 1 <= args["noise"]["resolution"]

@@ -6,8 +6,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from callbacks.ema import EMA
-from data_modules.shapes import ShapesDataModule
+from lit_edify.modules.config import flat
+from lit_edify.callbacks.ema import EMA
+from lit_edify.data_modules.shapes import ShapesDataModule
 from lit_edify.modules.base import BaseModel
 
 
@@ -22,7 +23,7 @@ class Recorder(L.Callback):
 
 def _fit(kw, tmp_path, max_epochs, ckpt_path=None, name="run"):
     L.seed_everything(0)
-    model = BaseModel(**kw)
+    model = BaseModel(**flat(**kw))
     data = ShapesDataModule(resolution=16, train_size=12, val_size=4, batch_size=4, multiple=8)
     rec, ema = Recorder(), EMA(halflife_images=8, rampup_ratio=None)
     ckpt = ModelCheckpoint(dirpath=tmp_path / name, save_last=True)
@@ -52,7 +53,7 @@ def test_resume_from_last_ckpt_continues_exactly(tiny_base_kwargs, tmp_path):
 
 def _fit_steps(kw, tmp_path, max_steps, workers, ckpt_path=None, name="run"):
     L.seed_everything(0)
-    model = BaseModel(**kw)
+    model = BaseModel(**flat(**kw))
     data = ShapesDataModule(resolution=16, train_size=12, val_size=4, batch_size=4, multiple=8, num_workers=workers)
     rec, ema = Recorder(), EMA(halflife_images=8, rampup_ratio=None)
     ckpt = ModelCheckpoint(dirpath=tmp_path / name, every_n_train_steps=1, save_top_k=-1, filename="{step}")
@@ -101,7 +102,7 @@ class DDPProbe(L.Callback):
 
 def test_two_process_ddp_on_cpu(tiny_base_kwargs, tmp_path):
     L.seed_everything(0)
-    model = BaseModel(**tiny_base_kwargs)
+    model = BaseModel(**flat(**tiny_base_kwargs))
     data = ShapesDataModule(resolution=16, train_size=16, val_size=4, batch_size=2, multiple=8)
     trainer = L.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=3, logger=False,
                         limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from data_modules.buckets import ASPECT_RATIOS, BucketBatchSampler, bucket_shape
-from data_modules.judge import ATTRIBUTES, adherence, judge_image
-from data_modules.shapes import ShapesDataModule, ShapesDataset, evaluation_prompts, pairs_for_split
-from data_modules.shapes_render import HELDOUT_PAIRS, HORIZON, OBJECT_COLORS, SHAPES
+from lit_edify.data_modules.buckets import ASPECT_RATIOS, BucketBatchSampler, bucket_shape
+from lit_edify.data_modules.judge import ATTRIBUTES, adherence, judge_image
+from lit_edify.data_modules.shapes import ShapesDataModule, ShapesDataset, evaluation_prompts, pairs_for_split
+from lit_edify.data_modules.shapes_render import HELDOUT_PAIRS, HORIZON, OBJECT_COLORS, SHAPES
 
 torch.set_num_threads(1)
 FIVE = list(ASPECT_RATIOS)

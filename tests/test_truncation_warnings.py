@@ -5,7 +5,8 @@ import warnings
 import lightning as L
 import torch
 
-from callbacks.truncation import TruncationReport
+from lit_edify.modules.config import flat
+from lit_edify.callbacks.truncation import TruncationReport
 from lit_edify.modules.base import BaseModel
 
 torch.set_num_threads(1)
@@ -28,7 +29,7 @@ def _truncation_warnings(caught) -> list[str]:
 
 def test_training_reports_truncated_captions_once_per_epoch_and_prompts_still_warn(tiny_base_kwargs):
     torch.manual_seed(0)
-    model = BaseModel(**tiny_base_kwargs)
+    model = BaseModel(**flat(**tiny_base_kwargs))
     trainer = L.Trainer(max_epochs=2, callbacks=[TruncationReport()], logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False)
     data = torch.utils.data.DataLoader(_batches(3), batch_size=None)
@@ -55,7 +56,7 @@ def test_a_fit_that_fails_also_restores_per_prompt_warnings(tiny_base_kwargs):
             raise RuntimeError("boom")
 
     torch.manual_seed(0)
-    model = BaseModel(**tiny_base_kwargs)
+    model = BaseModel(**flat(**tiny_base_kwargs))
     trainer = L.Trainer(max_steps=3, callbacks=[TruncationReport(), Boom()], logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False)
     with warnings.catch_warnings(record=True) as caught:

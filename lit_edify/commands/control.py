@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from data_modules.hints import HINT_CHANNELS, TASKS, inpaint_control, resize_hint
+from lit_edify.data_modules.hints import HINT_CHANNELS, TASKS, inpaint_control, resize_hint
 from lit_edify.commands.argtypes import finite_float
 
 __all__ = ["add_control_arguments", "check_control_args", "load_controls"]

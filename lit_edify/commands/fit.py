@@ -1,6 +1,7 @@
 """``lit-edify fit`` / ``lightning fit``: the suite's LightningCLI (any LightningModule / DataModule by class_path)."""
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -13,8 +14,8 @@ __all__ = ["SuiteCLI", "build_cli"]
 
 class SuiteCLI(LightningCLI):
     """LightningCLI whose trainers always carry the suite's safety callbacks (unless a recipe lists its own):
-    the non-finite guard (callbacks.nonfinite) and the once-per-epoch caption truncation report; and, when
-    stdout is not a terminal (SLURM output files), plain progress lines (callbacks.progress).
+    the non-finite guard (lit_edify.callbacks.nonfinite) and the once-per-epoch caption truncation report; and, when
+    stdout is not a terminal (SLURM output files), plain progress lines (lit_edify.callbacks.progress).
 
     ``trainer.default_root_dir`` is the one place a run's folder is set: the ``save_dir`` of the recipe's
     TensorBoard / CSV logger follows it, so ``--trainer.default_root_dir runs/x`` moves logs and checkpoints.
@@ -35,9 +36,9 @@ class SuiteCLI(LightningCLI):
                 logger.init_args.save_dir = root
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
-        from callbacks.nonfinite import NonFiniteGuard
-        from callbacks.progress import LineProgress
-        from callbacks.truncation import TruncationReport
+        from lit_edify.callbacks.nonfinite import NonFiniteGuard
+        from lit_edify.callbacks.progress import LineProgress
+        from lit_edify.callbacks.truncation import TruncationReport
 
         trainer = super().instantiate_trainer(**kwargs)
         for cls in (TruncationReport, NonFiniteGuard):  # the guard first: it acts before the EMA and checkpoints
@@ -65,8 +66,34 @@ class SuiteCLI(LightningCLI):
             raise
 
 
+# A class path of the data or callback layer from before they moved under the lit_edify namespace: as a YAML
+# class_path value, or as a command-line value (``--data data_modules.shapes.ShapesDataModule``, ``--x=...``).
+_OLD = r"((?:data_modules|callbacks)\.\w+\.\w+)"
+_OLD_IN_YAML = re.compile(r"class_path:\s*[\"']?" + _OLD)
+_OLD_IN_ARG = re.compile(r"(?:^|=)" + _OLD)
+
+
+class MovedClassPathError(ValueError):
+    """A recipe or argument names ``data_modules.X`` / ``callbacks.X``, now ``lit_edify.data_modules.X`` / ..."""
+
+
+def check_moved_class_paths(args: list[str]) -> None:
+    """Raise :class:`MovedClassPathError` naming the new path if ``args`` or a ``--config`` file they name use an
+    old top-level class path (instead of jsonargparse's generic "import path does not exist")."""
+    found = [m for a in args if (m := _OLD_IN_ARG.search(a))]
+    for i, a in enumerate(args):
+        path = args[i + 1] if a == "--config" and i + 1 < len(args) else a[9:] if a.startswith("--config=") else None
+        if path and Path(path).is_file():
+            found += list(_OLD_IN_YAML.finditer(Path(path).read_text(errors="replace")))
+    if found:
+        old = found[0].group(1)
+        raise MovedClassPathError(f"{old} has moved: use lit_edify.{old} (the data and callback layers install "
+                                  "under the lit_edify namespace)")
+
+
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     """The LightningCLI of the suite: any LightningModule / LightningDataModule by class_path."""
+    check_moved_class_paths(list(sys.argv[1:] if args is None else args))
     return SuiteCLI(
         L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
         auto_configure_optimizers=False, save_config_kwargs={"overwrite": True}, args=args, run=run,

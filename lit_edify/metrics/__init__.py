@@ -2,7 +2,7 @@
 classifier-accuracy adherence, and :func:`evaluate_generator` tying them to a generator.
 
 Images are float in [-1, 1], NCHW, throughout; no Lightning imports here (the Lightning callback is
-``callbacks.metrics.GenerationMetrics``).
+``lit_edify.callbacks.metrics.GenerationMetrics``).
 """
 
 from .classifier import CaptionClassifier, load_or_train_classifier, train_caption_classifier

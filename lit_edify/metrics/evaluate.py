@@ -95,9 +95,9 @@ def _batch_prompts(batch: dict) -> list[dict]:
 
 def _shapes_judge() -> Callable:
     try:
-        from data_modules.judge import adherence
+        from lit_edify.data_modules.judge import adherence
     except ImportError as err:
-        raise ImportError("adherence='shapes' needs data_modules.judge.adherence (the shapes judge), which "
+        raise ImportError("adherence='shapes' needs lit_edify.data_modules.judge.adherence (the shapes judge), which "
                           f"could not be imported: {err}") from err
     return adherence
 

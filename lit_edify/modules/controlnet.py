@@ -11,17 +11,18 @@ guidance over text and hint works at sampling time.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
 from lit_edify.diffusion.edm import denoising_loss, precondition, sample_sigmas
 from lit_edify.diffusion.plans import sample_plan
 from lit_edify.nn.controlnet import HINT_CHANNELS, ControlNet, check_hint_type
 
+from .config import OptimConfig, SamplingConfig, coerce
 from .mixin import LABELS, LaplacianDiffusionMixin, adamw_with_warmup
 from .registry import register
 
@@ -78,46 +79,28 @@ class _Frozen:
         return self
 
 
-class _WithBaseHParams(AttributeDict):
-    """This module's own hyper-parameters (what checkpoints store); a name it lacks (noise range, schedule,
-    resolution, solver, ...) is read from the frozen base's hyper-parameters."""
-
-    def __init__(self, own: dict, base: dict):
-        super().__init__(own)
-        object.__setattr__(self, "_base_hparams", dict(base))
-
-    def __getattr__(self, key: str):
-        if key in self:
-            return self[key]
-        base = self.__dict__.get("_base_hparams", {})  # absent while copy / pickle rebuild the object
-        if key in base:
-            return base[key]
-        raise AttributeError(f"no hyper-parameter {key!r} in the ControlNet module or its base")
-
-
 @register
 class ControlNetModule(LaplacianDiffusionMixin, L.LightningModule):
     """A ControlNet trained on a frozen base (report Sec. 5).
 
     Args:
         base_ckpt: trained base or upsampler checkpoint (``.ckpt`` / ``.safetensors``).
-        hint: control type, one of ``canny``, ``hed``, ``depth``, ``inpaint`` (see ``data_modules.hints``).
+        hint: control type, one of ``canny``, ``hed``, ``depth``, ``inpaint`` (see ``lit_edify.data_modules.hints``).
         p_drop_hint: probability of zeroing a sample's hint in training (guidance over the hint).
         control_weight: default control weight at sampling.
         hint_hidden: width of the hint block (default: the U-Net's first-level width).
-        lr, betas, weight_decay, warmup_steps, fused_adamw: AdamW with linear warmup (as the base).
+        optim: AdamW with linear warmup (:class:`OptimConfig`, as the base).
         projection_lr_scale: learning-rate multiplier of the zero-initialised projections and the hint block's
             last conv (the parts that start at zero).
-        sample_steps, sample_solver, guidance: sampling defaults; None = the base's.
+        sampling: sampling defaults (:class:`SamplingConfig`); None = the base's.
         base_sha256: sha256 of the base's weights (:func:`weights_sha256`); None = computed now and stored,
             so the checkpoint refuses any other base.
     """
 
     def __init__(self, base_ckpt: str, hint: str = "canny", p_drop_hint: float = 0.1, control_weight: float = 1.0,
-                 hint_hidden: int | None = None, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0.0, warmup_steps: int = 100, fused_adamw: bool = True,
-                 projection_lr_scale: float = 1.0, sample_steps: int | None = None, sample_solver: str | None = None,
-                 guidance: float | None = None, base_sha256: str | None = None):
+                 hint_hidden: int | None = None, optim: OptimConfig = OptimConfig(weight_decay=0.0, warmup_steps=100),
+                 projection_lr_scale: float = 1.0, sampling: SamplingConfig | None = None,
+                 base_sha256: str | None = None):
         super().__init__()
         check_hint_type(hint)
         if not 0.0 <= p_drop_hint <= 1.0:
@@ -128,13 +111,14 @@ class ControlNetModule(LaplacianDiffusionMixin, L.LightningModule):
                 f"base checkpoint {base_ckpt} has weights sha256 {base.lit_edify_sha256} but this ControlNet was "
                 f"trained on a base with sha256 {base_sha256}; pass the base checkpoint it was trained on "
                 "(--ckpt / base_ckpt) or retrain the ControlNet on this base")
-        self.save_hyperparameters()
-        self.hparams["base_sha256"] = base.lit_edify_sha256
-        self.hparams["base_ckpt"] = base.lit_edify_path  # absolute: the checkpoint loads from any working directory
-        for key in ("sample_steps", "sample_solver", "guidance"):
-            if self.hparams[key] is None:
-                self.hparams[key] = base.hparams[key]
-        self._hparams = _WithBaseHParams(self.hparams, base.hparams)
+        # the base's net / noise / conditioning groups; this module's own optimiser and sampling defaults
+        self.cfg = replace(base.cfg, optim=coerce(OptimConfig, optim),
+                           sampling=coerce(SamplingConfig, sampling if sampling is not None else base.cfg.sampling))
+        self.save_hyperparameters({
+            "base_ckpt": base.lit_edify_path,  # absolute: the checkpoint loads from any working directory
+            "hint": hint, "p_drop_hint": p_drop_hint, "control_weight": control_weight, "hint_hidden": hint_hidden,
+            "optim": asdict(self.cfg.optim), "projection_lr_scale": projection_lr_scale,
+            "sampling": asdict(self.cfg.sampling), "base_sha256": base.lit_edify_sha256})
         self._frozen = _Frozen(base)
         self.schedule, self.sigma_data = base.schedule, base.sigma_data
         self.resolution_multiple = base.resolution_multiple
@@ -178,7 +162,7 @@ class ControlNetModule(LaplacianDiffusionMixin, L.LightningModule):
     def training_hint(self, batch: dict) -> Tensor:
         """batch["hint"] (B, C_hint, H, W) with each sample zeroed with probability p_drop_hint in training."""
         if "hint" not in batch:
-            raise KeyError(f"the batch has no 'hint': wrap the data in data_modules.hints.HintDataModule with "
+            raise KeyError(f"the batch has no 'hint': wrap the data in lit_edify.data_modules.hints.HintDataModule with "
                            f"hint={self.hparams.hint!r} (see recipes/tiny/controlnet_{self.hparams.hint}.yaml)")
         hint = batch["hint"].to(self.device, torch.float32)
         if self.training and self.hparams.p_drop_hint > 0:
@@ -197,10 +181,10 @@ class ControlNetModule(LaplacianDiffusionMixin, L.LightningModule):
 
     def diffusion_loss(self, batch: dict) -> tuple[Tensor, Tensor]:
         """Per-sample Laplacian EDM loss of the controlled denoiser (the base's loss) and the sigmas used."""
-        x0, hp = batch["image"], self.hparams
+        x0, nz = batch["image"], self.cfg.noise
         context, mask = self._training_conditions(batch)
         hint = self.training_hint(batch)
-        sigma = sample_sigmas(x0.shape[0], hp.p_mean, hp.p_std, hp.sigma_min, hp.sigma_max, device=self.device)
+        sigma = sample_sigmas(x0.shape[0], nz.p_mean, nz.p_std, nz.sigma_min, nz.sigma_max, device=self.device)
         return denoising_loss(lambda x, s: self.denoise(x, s, context, mask, hint=hint), x0, sigma, self.schedule,
                               self.sigma_data), sigma
 
@@ -214,12 +198,12 @@ class ControlNetModule(LaplacianDiffusionMixin, L.LightningModule):
     def configure_optimizers(self):
         """AdamW over the ControlNet only (the base has no trainable parameters), zero-initialised layers at
         ``lr * projection_lr_scale``; linear warmup then constant."""
-        hp, cn = self.hparams, self.controlnet
+        lr, cn = self.cfg.optim.lr, self.controlnet
         zero = {id(p) for m in (*cn.zero_convs, cn.mid_out, cn.hint_block.convs[-1]) for p in m.parameters()}
         params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if id(p) not in zero], "lr": hp.lr},
-                  {"params": [p for p in params if id(p) in zero], "lr": hp.lr * hp.projection_lr_scale}]
-        return adamw_with_warmup(groups, hp)
+        groups = [{"params": [p for p in params if id(p) not in zero], "lr": lr},
+                  {"params": [p for p in params if id(p) in zero], "lr": lr * self.hparams.projection_lr_scale}]
+        return adamw_with_warmup(groups, self.cfg.optim)
 
     # ----------------------------------------------------------------------------------- sampling
     def stage(self, captions: list[str], *, hint: Tensor | None = None, weight: float | Tensor | None = None,
@@ -230,8 +214,8 @@ class ControlNetModule(LaplacianDiffusionMixin, L.LightningModule):
 
         weight = self.hparams.control_weight if weight is None else weight
         return controlled_stage(self.base, captions, [(self, hint, weight)], pitch=pitch, dof=dof,
-                                media_type=media_type, steps=steps or self.hparams.sample_steps,
-                                guidance=self.hparams.guidance if guidance is None else guidance, factor=factor)
+                                media_type=media_type, steps=steps or self.cfg.sampling.steps,
+                                guidance=self.cfg.sampling.guidance if guidance is None else guidance, factor=factor)
 
     @torch.no_grad()
     def generate(self, captions: list[str], *, hint: Tensor | None = None, weight: float | Tensor | None = None,
@@ -242,11 +226,11 @@ class ControlNetModule(LaplacianDiffusionMixin, L.LightningModule):
         (:meth:`image_shape`). Returns (N, 3, H, W) in [-1, 1]."""
         if hint is None:
             raise TypeError(f"ControlNetModule.generate needs hint=(N, {HINT_CHANNELS[self.hparams.hint]}, H, W) "
-                            "(see data_modules.hints); use the base module for uncontrolled samples")
+                            "(see lit_edify.data_modules.hints); use the base module for uncontrolled samples")
         h, w = self.image_shape(aspect)
         st = self.stage(captions, hint=hint.to(self.device), weight=weight, pitch=pitch, dof=dof,
                         media_type=media_type, steps=steps, guidance=guidance)
         g = torch.Generator(device=self.device).manual_seed(seed)
-        x = sample_plan([st], (len(captions), 3, h, w), "cascade", solver or self.hparams.sample_solver,
+        x = sample_plan([st], (len(captions), 3, h, w), "cascade", solver or self.cfg.sampling.solver,
                         generator=g, device=self.device, progress=progress)
         return x.clamp(-1, 1)

@@ -26,6 +26,8 @@ from lit_edify.diffusion.samplers import CFGDenoiser, get_solver
 from lit_edify.nn.conditioning import ConditionEmbedder, TextEncoder
 from lit_edify.nn.presets import build_unet
 
+from .config import DiffusionConfig, OptimConfig
+
 Tensor = torch.Tensor
 LABELS = ("pitch", "dof", "media_type")
 _TEXT_ENCODERS: dict[tuple[str, int], TextEncoder] = {}
@@ -39,16 +41,15 @@ def shared_text_encoder(name_or_path: str, max_length: int) -> TextEncoder:
     return _TEXT_ENCODERS[key]
 
 
-def adamw_with_warmup(groups: list[dict], hp) -> dict:
-    """Lightning optimizer config: AdamW over parameter ``groups`` (a group without "lr" uses ``hp.lr``), linear
-    warmup over ``hp.warmup_steps`` then constant; ``hp.fused_adamw`` uses the fused kernel (CPU and CUDA: every
+def adamw_with_warmup(groups: list[dict], optim: OptimConfig) -> dict:
+    """Lightning optimizer config: AdamW over parameter ``groups`` (a group without "lr" uses ``optim.lr``), linear
+    warmup over ``optim.warmup_steps`` then constant; ``optim.fused`` uses the fused kernel (CPU and CUDA: every
     tensor in one pass instead of ~10 ops per tensor)."""
     params = [p for g in groups for p in g["params"]]
-    fused = hp.get("fused_adamw", False) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
-                                                 for p in params)
-    opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay,
+    fused = optim.fused and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    opt = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay,
                             fused=fused or None)
-    warm = max(1, hp.warmup_steps)
+    warm = max(1, optim.warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -59,39 +60,36 @@ class LaplacianDiffusionMixin:
     net: nn.Module
     embedder: ConditionEmbedder
     schedule: LaplacianSchedule
+    cfg: DiffusionConfig
 
-    def init_diffusion(
-        self, *, unet: str, unet_overrides: dict | None, text_encoder: str, max_text_length: int,
-        context_dim: int | None, resolution: int, band_factors: Sequence[int], band_cutoffs: Sequence[float],
-        band_starts: Sequence[float] | None, schedule_shape: str, sigma_min: float, sigma_max: float,
-        p_mean: float, p_std: float, sigma_data: float, p_drop_text: float, p_drop_camera: float,
-        p_drop_media: float, num_pitch: int, num_dof: int, num_media: int, extra_in_channels: int = 0,
-        bucket_multiple: int | None = None, channels_last: bool = False,
-    ) -> None:
-        overrides = dict(unet_overrides or {})
-        if context_dim is not None:
-            overrides["context_dim"] = context_dim
-        self.net = build_unet(unet, extra_in_channels=extra_in_channels, **overrides)
-        if channels_last:  # only 4-D (conv) weights change layout; oneDNN / cuDNN then run channels-last
+    def init_diffusion(self, cfg: DiffusionConfig, extra_in_channels: int = 0) -> None:
+        """Build the U-Net, text conditioning and Laplacian schedule from ``cfg`` (kept as ``self.cfg``)."""
+        self.cfg = cfg
+        net, noise, cond = cfg.net, cfg.noise, cfg.conditioning
+        overrides = dict(net.overrides or {})
+        if net.context_dim is not None:
+            overrides["context_dim"] = net.context_dim
+        self.net = build_unet(net.preset, extra_in_channels=extra_in_channels, **overrides)
+        if net.channels_last:  # only 4-D (conv) weights change layout; oneDNN / cuDNN then run channels-last
             self.net.to(memory_format=torch.channels_last)
         net_multiple = self.net.resolution_multiple
         #: image sides are multiples of this (see image_shape); a 2-stage pair needs up.multiple == f * base.multiple
-        self.resolution_multiple = bucket_multiple or net_multiple
-        if resolution % net_multiple or self.resolution_multiple % net_multiple:
-            raise ValueError(f"resolution {resolution} and bucket multiple {self.resolution_multiple} must be "
-                             f"multiples of {net_multiple} for U-Net preset {unet!r}")
+        self.resolution_multiple = noise.bucket_multiple or net_multiple
+        if noise.resolution % net_multiple or self.resolution_multiple % net_multiple:
+            raise ValueError(f"resolution {noise.resolution} and bucket multiple {self.resolution_multiple} must be "
+                             f"multiples of {net_multiple} for U-Net preset {net.preset!r}")
         # The frozen encoder is kept out of the module tree: no EMA copy, no checkpoint weights, no DDP sync.
-        object.__setattr__(self, "_text_encoder", shared_text_encoder(text_encoder, max_text_length))
-        self.embedder = ConditionEmbedder(self._text_encoder.dim, self.net.context_dim, num_pitch, num_dof, num_media,
-                                          p_drop_text, p_drop_camera, p_drop_media)
-        self.schedule = LaplacianSchedule(tuple(band_factors), tuple(band_cutoffs),
-                                          tuple(band_starts) if band_starts else None, schedule_shape)
-        if self.schedule.cutoffs and sigma_max < self.schedule.cutoffs[0]:
-            raise ValueError(f"sigma_max={sigma_max} is below the finest band cutoff {self.schedule.cutoffs[0]}: "
+        object.__setattr__(self, "_text_encoder", shared_text_encoder(cond.text_encoder, cond.max_text_length))
+        self.embedder = ConditionEmbedder(self._text_encoder.dim, self.net.context_dim, cond.num_pitch, cond.num_dof,
+                                          cond.num_media, cond.p_drop_text, cond.p_drop_camera, cond.p_drop_media)
+        self.schedule = LaplacianSchedule(tuple(noise.band_factors), tuple(noise.band_cutoffs),
+                                          tuple(noise.band_starts) if noise.band_starts else None,
+                                          noise.schedule_shape)
+        if self.schedule.cutoffs and noise.sigma_max < self.schedule.cutoffs[0]:
+            raise ValueError(f"sigma_max={noise.sigma_max} is below the finest band cutoff {self.schedule.cutoffs[0]}: "
                              "the stage could never be entered from a lower resolution (DESIGN.md section 2)")
-        self.sigma_data = sigma_data
-        if "sample_solver" in self.hparams and self.hparams.sample_solver is not None:
-            get_solver(self.hparams.sample_solver)  # an unknown solver fails now, not after training
+        self.sigma_data = noise.sigma_data
+        get_solver(cfg.sampling.solver)  # an unknown solver fails now, not after training
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Record the module class so ``lit_edify.pipelines.text2image.load_module`` can rebuild it."""
@@ -133,8 +131,8 @@ class LaplacianDiffusionMixin:
         x0 = batch["image"]
         b = x0.shape[0]
         context, mask = self.encode_conditions(batch["caption"], *(batch.get(k) for k in LABELS))
-        hp = self.hparams
-        sigma = sample_sigmas(b, hp.p_mean, hp.p_std, hp.sigma_min, hp.sigma_max, device=self.device)
+        nz = self.cfg.noise
+        sigma = sample_sigmas(b, nz.p_mean, nz.p_std, nz.sigma_min, nz.sigma_max, device=self.device)
         extra = self.extra_input(batch)
         loss = denoising_loss(lambda x, s: self.denoise(x, s, context, mask, extra), x0, sigma, self.schedule,
                               self.sigma_data)
@@ -185,8 +183,8 @@ class LaplacianDiffusionMixin:
             return
         if self._trainer is None:
             return
-        hp, trainer = self.hparams, self.trainer
-        lo, hi = (math.floor(math.log10(max(s, 1e-12))) for s in (hp.sigma_min, hp.sigma_max))
+        trainer = self.trainer
+        lo, hi = (math.floor(math.log10(max(s, 1e-12))) for s in (self.cfg.noise.sigma_min, self.cfg.noise.sigma_max))
         idx = (sigma.detach().log10().floor() - lo).clamp(0, hi - lo).long()
         sums = torch.zeros(2, hi - lo + 1, device=loss.device)
         sums[0].index_add_(0, idx, loss.detach().float())
@@ -207,15 +205,15 @@ class LaplacianDiffusionMixin:
         """The hyperparameters of TensorBoard's HPARAMS tab (the full set stays in the run's hparams.yaml).
 
         ``batch_size`` is images per optimizer step (per-device batch x accumulation x devices)."""
-        hp, trainer = self.hparams, self.trainer
-        dm = trainer.datamodule
+        cfg, trainer = self.cfg, self.trainer
+        nz, dm = cfg.noise, trainer.datamodule
         batch = getattr(dm, "batch_size", None) or (dm.hparams.get("batch_size") if dm is not None else None)
-        out = {"unet": hp.get("unet"), "unet_overrides": hp.get("unet_overrides") or None,
-               "resolution": hp.get("resolution"), "factor": hp.get("factor"),
-               "bands": list(hp.get("band_factors") or []), "lr": hp.get("lr"),
+        out = {"unet": cfg.net.preset, "unet_overrides": cfg.net.overrides or None,
+               "resolution": nz.resolution, "factor": self.hparams.get("factor"),
+               "bands": list(nz.band_factors or []), "lr": cfg.optim.lr,
                "batch_size": batch * trainer.accumulate_grad_batches * trainer.world_size if batch else None,
-               "sigma_min": hp.get("sigma_min"), "sigma_max": hp.get("sigma_max"), "p_mean": hp.get("p_mean"),
-               "p_std": hp.get("p_std"), "guidance": hp.get("guidance"), "sample_steps": hp.get("sample_steps"),
+               "sigma_min": nz.sigma_min, "sigma_max": nz.sigma_max, "p_mean": nz.p_mean,
+               "p_std": nz.p_std, "guidance": cfg.sampling.guidance, "sample_steps": cfg.sampling.steps,
                "max_steps": trainer.max_steps if trainer.max_steps > 0 else None}
         return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in out.items() if v is not None}
 
@@ -244,33 +242,33 @@ class LaplacianDiffusionMixin:
 
     def on_fit_start(self) -> None:
         """``compile=True``: compile the U-Net in place (``nn.Module.compile`` keeps the state_dict keys)."""
-        if self.hparams.get("compile", False):
+        if self.cfg.net.compile:
             self.net.compile()
 
     def configure_optimizers(self):
         """AdamW with linear warmup then a constant learning rate (Sec. 3.5)."""
-        return adamw_with_warmup([{"params": [p for p in self.parameters() if p.requires_grad]}], self.hparams)
+        return adamw_with_warmup([{"params": [p for p in self.parameters() if p.requires_grad]}], self.cfg.optim)
 
     # ----------------------------------------------------------------------------------- sampling
     def image_shape(self, aspect: str = "1:1") -> tuple[int, int]:
-        """(H, W) of this stage's images for an aspect bucket (see data_modules.buckets)."""
-        return bucket_shape(aspect, self.hparams.resolution, self.resolution_multiple)
+        """(H, W) of this stage's images for an aspect bucket (see lit_edify.data_modules.buckets)."""
+        return bucket_shape(aspect, self.cfg.noise.resolution, self.resolution_multiple)
 
     def stage(self, captions: list[str], *, pitch=None, dof=None, media_type=None, steps: int | None = None,
               guidance: float | None = None, factor: int = 1, extra: Tensor | None = None) -> Stage:
         """This module as one :class:`Stage` of a sampling plan, with classifier-free guidance."""
-        hp = self.hparams
+        nz, sp = self.cfg.noise, self.cfg.sampling
         cond_ctx, cond_mask = self.encode_conditions(captions, pitch, dof, media_type, drop=False)
         unc_ctx, unc_mask = self.encode_conditions(captions, pitch, dof, media_type, drop=True)
         cond = {"context": cond_ctx, "context_mask": cond_mask}
         uncond = {"context": unc_ctx, "context_mask": unc_mask}
         if extra is not None:
             cond["extra"] = uncond["extra"] = extra
-        scale = hp.guidance if guidance is None else guidance
-        interval = hp.get("guidance_interval")
+        scale = sp.guidance if guidance is None else guidance
+        interval = sp.guidance_interval
         denoiser = CFGDenoiser(lambda x, s, **c: self.denoise(x, s, **c), cond, uncond, scale,
                                tuple(interval) if interval else None)
-        return Stage(denoiser, self.schedule, hp.sigma_min, hp.sigma_max, steps or hp.sample_steps, factor=factor)
+        return Stage(denoiser, self.schedule, nz.sigma_min, nz.sigma_max, steps or sp.steps, factor=factor)
 
     @torch.no_grad()
     def generate(self, captions: list[str], *, pitch=None, dof=None, media_type=None, aspect: str = "1:1",
@@ -283,7 +281,7 @@ class LaplacianDiffusionMixin:
         h, w = self.image_shape(aspect)
         st = self.stage(captions, pitch=pitch, dof=dof, media_type=media_type, steps=steps, guidance=guidance)
         g = torch.Generator(device=self.device).manual_seed(seed)
-        x = sample_plan([st], (len(captions), 3, h, w), "cascade", solver or self.hparams.sample_solver,
+        x = sample_plan([st], (len(captions), 3, h, w), "cascade", solver or self.cfg.sampling.solver,
                         generator=g, device=self.device, progress=progress)
         return x.clamp(-1, 1)
 

@@ -12,34 +12,30 @@ from lit_edify.diffusion.laplacian import down
 from lit_edify.diffusion.plans import sample_plan
 
 from .base import BaseModel
+from .config import NoiseConfig, SamplingConfig, coerce
+
+#: the tiny upsampler's defaults (a group given as a dict updates these)
+NOISE = NoiseConfig(resolution=64, sigma_max=2.0, p_mean=-1.0, band_cutoffs=[2.0], band_starts=[0.25])
+SAMPLING = SamplingConfig(guidance=1.0)
 
 
 class Upsampler(BaseModel):
     """Upsampler stage: a BaseModel at ``factor`` x the base resolution with its own (smaller) noise range.
 
     Its aspect-bucket shapes are exactly ``factor`` x the base model's (image sides are multiples of
-    ``factor`` x the U-Net multiple), so base and upsampler chain for all five aspect ratios. Only the
-    arguments that differ from :class:`BaseModel` are listed; every other BaseModel argument is accepted.
-    Defaults: the tiny CPU model (64 px, 2x the tiny base); ``recipes/upsampler1k.yaml`` sets the
-    paper-scale values (1.6B U-Net, 1024 px, factor 4, sigma range [0.002, 4]).
+    ``factor`` x the U-Net multiple), so base and upsampler chain for all five aspect ratios. Its own argument is
+    ``factor``; the configuration groups are BaseModel's, with upsampler defaults for ``noise`` and ``sampling``:
+    the tiny CPU model (64 px, 2x the tiny base); ``recipes/upsampler1k.yaml`` sets the paper-scale values
+    (1.6B U-Net, 1024 px, factor 4, sigma range [0.002, 4]).
     """
 
-    def __init__(
-        self,
-        factor: int = 2,
-        resolution: int = 64,
-        band_cutoffs: list[float] = (2.0,),
-        band_starts: list[float] | None = (0.25,),
-        sigma_max: float = 2.0,
-        p_mean: float = -1.0,
-        guidance: float = 1.0,
-        **kwargs,
-    ):
-        if resolution % factor:
-            raise ValueError(f"resolution {resolution} is not divisible by factor {factor}")
-        super().__init__(resolution=resolution, band_cutoffs=band_cutoffs, band_starts=band_starts,
-                         sigma_max=sigma_max, p_mean=p_mean, guidance=guidance, **kwargs)
-        if kwargs.get("bucket_multiple") is None:  # factor x the U-Net's multiple: exactly factor x the base buckets
+    def __init__(self, factor: int = 2, noise: NoiseConfig = NOISE, sampling: SamplingConfig = SAMPLING, **groups):
+        noise, sampling = coerce(NoiseConfig, noise, NOISE), coerce(SamplingConfig, sampling, SAMPLING)
+        if noise.resolution % factor:
+            raise ValueError(f"resolution {noise.resolution} is not divisible by factor {factor}")
+        super().__init__(noise=noise, sampling=sampling, **groups)
+        self.hparams["factor"] = factor
+        if noise.bucket_multiple is None:  # factor x the U-Net's multiple: exactly factor x the base buckets
             self.resolution_multiple = factor * self.net.resolution_multiple
 
     @torch.no_grad()
@@ -50,12 +46,12 @@ class Upsampler(BaseModel):
 
         low_res: (N, 3, h, w) in [-1, 1]; returns (N, 3, factor*h, factor*w) in [-1, 1].
         """
-        hp = self.hparams
+        factor = self.hparams.factor
         g = torch.Generator(device=self.device).manual_seed(seed)
         st = self.stage(captions, pitch=pitch, dof=dof, media_type=media_type, steps=steps, guidance=guidance,
-                        factor=hp.factor)
-        shape = (low_res.shape[0], 3, low_res.shape[-2] * hp.factor, low_res.shape[-1] * hp.factor)
-        x = sample_plan([st], shape, "cascade", solver or hp.sample_solver, generator=g, device=self.device,
+                        factor=factor)
+        shape = (low_res.shape[0], 3, low_res.shape[-2] * factor, low_res.shape[-1] * factor)
+        x = sample_plan([st], shape, "cascade", solver or self.cfg.sampling.solver, generator=g, device=self.device,
                         progress=progress, x_low=low_res.to(self.device, torch.float32))
         return x.clamp(-1, 1)
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lit_edify.nn.unet import EdifyUNet, _zero, add_pos_embed
+from lit_edify.nn.unet import EdifyUNet, _zero, add_pos_embed, feature_canvas
 from lit_edify.nn.wavelet import haar_packet
 
 __all__ = ["ControlNet", "HINT_CHANNELS", "HintBlock", "TASKS", "check_hint_type", "control_weight", "sum_residuals"]
@@ -126,7 +126,7 @@ class ControlNet(nn.Module):
             got = tuple(hint.shape) if isinstance(hint, Tensor) else type(hint).__name__
             raise ValueError(f"control hint must be (B, C_hint, H, W) = {want} to match the image "
                              f"{tuple(x.shape)}, got {got}; give a hint with {self.hint_channels} channel(s) "
-                             "resized to the image size (data_modules.hints.resize_hint)")
+                             "resized to the image size (lit_edify.data_modules.hints.resize_hint)")
         if not bool(torch.isfinite(hint).all()):
             raise ValueError("control hint has NaN or inf values; pass a finite hint")
 
@@ -136,7 +136,8 @@ class ControlNet(nn.Module):
         return unit(h, emb, context, mask)
 
     def forward(self, x: Tensor, c_noise: Tensor, context: Tensor, context_mask: Tensor | None, hint: Tensor,
-                weight: float | Tensor = 1.0, extra: Tensor | None = None) -> list[Tensor]:
+                weight: float | Tensor = 1.0, extra: Tensor | None = None,
+                canvas: tuple[int, int, int, int] | None = None) -> list[Tensor]:
         """Residuals for ``EdifyUNet.forward(..., control=...)``.
 
         Args:
@@ -144,6 +145,7 @@ class ControlNet(nn.Module):
                 by EDM c_in, c_noise (B,), context (B, L, D), context_mask (B, L) bool or None).
             hint: (B, hint_channels, H, W) control input at pixel resolution (0 = no control).
             weight: control weight, a number or (B,) per sample; 0 gives all-zero residuals.
+            canvas: (top, left, H, W) in pixels of x inside a larger image (tiled sampling), as for the U-Net.
         Returns:
             ``len(enc) + 2`` tensors: one per base skip (B, C_i, h_i, w_i), then the middle (B, C_mid, h, w).
         """
@@ -159,7 +161,7 @@ class ControlNet(nn.Module):
         h = haar_packet(x, self.wavelet_levels)
         if extra is not None:
             h = torch.cat([h, haar_packet(extra.to(x.dtype), self.wavelet_levels)], dim=1)
-        h = add_pos_embed(self.conv_in(h), self.pos_embed)
+        h = add_pos_embed(self.conv_in(h), self.pos_embed, feature_canvas(canvas, self.wavelet_levels))
         h = h + self.hint_block(hint.to(x.dtype)).to(h.dtype)
 
         out = [self.zero_convs[0](h)]

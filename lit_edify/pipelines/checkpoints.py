@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from lit_edify.io import atomic_path
+from lit_edify.modules.config import CONFIG_GROUPS, regroup_flat
 from lit_edify.modules.registry import class_path, module_class
 
 __all__ = ["CheckpointError", "export_safetensors", "load_module", "read_checkpoint"]
@@ -102,7 +103,16 @@ def read_checkpoint(path: str | Path) -> tuple[type, dict, dict[str, torch.Tenso
     if not isinstance(hparams, dict) or not all(isinstance(k, str) for k in hparams):
         raise CheckpointError(f"not a lit-edify checkpoint: {path} has malformed hyper-parameters")
     hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}  # LightningCLI's _class_path etc.
-    return cls, hparams, state, ema
+    return cls, regroup_flat(hparams, init_arguments(cls) & CONFIG_GROUPS), state, ema
+
+
+def init_arguments(cls: type) -> set[str]:
+    """Names of the ``__init__`` arguments of ``cls`` and of the classes its ``**kwargs`` are passed on to."""
+    names = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass) and klass.__module__.startswith("lit_edify."):
+            names |= set(inspect.signature(klass.__init__).parameters) - {"self"}
+    return names
 
 
 def load_module(path: str | Path, map_location: str = "cpu"):
@@ -113,9 +123,7 @@ def load_module(path: str | Path, map_location: str = "cpu"):
     file is missing and :class:`CheckpointError` (one line) for a corrupt, foreign or crafted file.
     """
     cls, hparams, state, _ = read_checkpoint(path)
-    accepted = inspect.signature(cls.__init__).parameters
-    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())  # checked when built
-    unknown = [] if open_ended else sorted(set(hparams) - set(accepted))
+    unknown = sorted(set(hparams) - init_arguments(cls))
     if unknown:
         raise CheckpointError(f"{path}: hyper-parameters {unknown} are not arguments of {cls.__name__}; "
                               "was the checkpoint written by another version of lit-edify?")

@@ -53,7 +53,7 @@ def _check_controls(base, controls: Sequence[tuple], n: int, shape: tuple[int, i
         if hint is None or tuple(hint.shape) != want:
             got = None if hint is None else tuple(hint.shape)
             raise ValueError(f"hint {i} ({cn.hparams.hint}) must be {want} (images x channels x the image size "
-                             f"{shape}), got {got}; resize it to the image size (data_modules.hints.resize_hint)")
+                             f"{shape}), got {got}; resize it to the image size (lit_edify.data_modules.hints.resize_hint)")
 
 
 def controlled_stage(base, captions: list[str], controls: Sequence[tuple], *, pitch=None, dof=None,
@@ -64,7 +64,7 @@ def controlled_stage(base, captions: list[str], controls: Sequence[tuple], *, pi
     controls: ``(ControlNetModule, hint (N, C_hint, H, W), weight (number or (N,)))`` triples; hints at the
     stage's image size. Returns a :class:`Stage` whose denoiser applies CFG over text and hints.
     """
-    hp, n, dev = base.hparams, len(captions), base.device
+    nz, sp, n, dev = base.cfg.noise, base.cfg.sampling, len(captions), base.device
     cond_ctx, cond_mask = base.encode_conditions(captions, pitch, dof, media_type, drop=False)
     unc_ctx, unc_mask = base.encode_conditions(captions, pitch, dof, media_type, drop=True)
     hints = [h.to(dev, torch.float32) for _, h, _ in controls]
@@ -84,10 +84,10 @@ def controlled_stage(base, captions: list[str], controls: Sequence[tuple], *, pi
     def denoiser(x, sigma, **c):
         return precondition(net, x, sigma, base.sigma_data, **c)
 
-    scale = hp.guidance if guidance is None else guidance
-    interval = hp.get("guidance_interval")
+    scale = sp.guidance if guidance is None else guidance
+    interval = sp.guidance_interval
     cfg = CFGDenoiser(denoiser, cond, uncond, scale, tuple(interval) if interval else None)
-    return Stage(cfg, base.schedule, hp.sigma_min, hp.sigma_max, steps or hp.sample_steps, factor=factor)
+    return Stage(cfg, base.schedule, nz.sigma_min, nz.sigma_max, steps or sp.steps, factor=factor)
 
 
 def controlled_text_to_image(base, captions: list[str], controls: Sequence[tuple], *, upsampler=None,
@@ -114,6 +114,6 @@ def controlled_text_to_image(base, captions: list[str], controls: Sequence[tuple
             stages.append(upsampler.stage(captions, steps=upsampler_steps, guidance=upsampler_guidance, factor=f,
                                           **labels))
         g = torch.Generator(device=base.device).manual_seed(seed)
-        x = sample_plan(stages, (len(captions), 3, h, w), plan, solver or base.hparams.sample_solver, generator=g,
+        x = sample_plan(stages, (len(captions), 3, h, w), plan, solver or base.cfg.sampling.solver, generator=g,
                         device=base.device, progress=progress)
     return x.clamp(-1, 1)

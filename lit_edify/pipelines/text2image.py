@@ -37,6 +37,6 @@ def text_to_image(base, captions: list[str], *, upsampler=None, plan: str = "cas
     h, w = base.image_shape(aspect)
     g = torch.Generator(device=base.device).manual_seed(seed)
     with torch.no_grad():
-        x = sample_plan(stages, (len(captions), 3, h, w), plan, solver or base.hparams.sample_solver, generator=g,
+        x = sample_plan(stages, (len(captions), 3, h, w), plan, solver or base.cfg.sampling.solver, generator=g,
                         device=base.device, progress=progress)
     return x.clamp(-1, 1)
