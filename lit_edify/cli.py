@@ -22,7 +22,7 @@ from pathlib import Path
 from lit_edify.commands.argtypes import ArgumentParser, finite_float, positive_int
 from lit_edify.commands.fit import SuiteCLI, build_cli  # noqa: F401 (SuiteCLI: public here too)
 
-PROJECT_COMMANDS = ("quickstart", "sample", "data", "benchmark", "export")
+PROJECT_COMMANDS = ("quickstart", "sample", "data", "benchmark", "export", "panorama")
 
 
 def lightning_main(args: list[str] | None = None) -> None:
@@ -75,6 +75,9 @@ def _dispatch(argv: list[str]) -> int:
         if cmd == "export":
             from lit_edify.commands.export import main as export_main
             return export_main(rest)
+        if cmd == "panorama":
+            from lit_edify.commands.panorama import main as panorama_main
+            return panorama_main(rest)
         return sample_main(rest)
     build_cli(argv)
     return 0

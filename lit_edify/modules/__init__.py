@@ -2,10 +2,11 @@
 checkpoint may instantiate (:mod:`lit_edify.modules.registry`)."""
 from .base import BaseModel
 from .controlnet import ControlNetModule
+from .ldr2hdr import LDR2HDR  # registered in its file
 from .registry import MODULES, module_class, register
 from .upsampler import Upsampler
 
 register(BaseModel)
 register(Upsampler)
 
-__all__ = ["MODULES", "BaseModel", "ControlNetModule", "Upsampler", "module_class", "register"]
+__all__ = ["MODULES", "BaseModel", "ControlNetModule", "LDR2HDR", "Upsampler", "module_class", "register"]
