@@ -27,14 +27,14 @@ def reconstruction_error(denoised: Tensor, x_low: Tensor, f: int) -> Tensor:
     return (down(denoised, f) - x_low.to(denoised.dtype)).square().flatten(1).sum(1)
 
 
-def guided_denoise(denoiser: Callable, x: Tensor, sigma: Tensor, x_low: Tensor, f: int, weight: Tensor | float,
+def guided_denoise(denoiser: Callable, x: Tensor, sigma: Tensor, target: Tensor, f: int, weight: Tensor | float,
                    **cond) -> Tensor:
-    """``D(x) - (weight / 2) grad_x ||down(D(x), f) - x_low||^2`` (module docstring), one denoiser call + its
-    backward. weight: a float or (B,) per sample. Works under ``torch.no_grad`` (grad is enabled locally)."""
+    """``D(x) - (weight / 2) grad_x ||down(D(x), f) - target||^2`` (module docstring; target = x_low), one denoiser
+    call + its backward. weight: a float or (B,) per sample. Works under ``torch.no_grad`` (grad enabled locally)."""
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         d = denoiser(xg, sigma, **cond)
-        (grad,) = torch.autograd.grad(reconstruction_error(d, x_low, f).sum(), xg)
+        (grad,) = torch.autograd.grad(reconstruction_error(d, target, f).sum(), xg)
     w = torch.as_tensor(weight, dtype=x.dtype, device=x.device)
     w = w.view(-1, *([1] * (x.ndim - 1))) if w.ndim else w
     return d.detach() - 0.5 * w * grad
@@ -51,17 +51,22 @@ class ReconstructionGuidance:
             x); the others get the unguided output, and no backward pass runs when none is inside.
 
     ``x_low`` is a call argument (not state) so that :class:`lit_edify.diffusion.tiled.TiledDenoiser` crops it
-    per tile with the image; give it through ``Stage.extra_args`` or ``partial``.
+    per tile with the image; give it through ``Stage.extra_args`` or ``partial``. ``pass_x_low=True`` also hands
+    it to ``denoiser`` (a denoiser conditioned on the low-resolution image, e.g. the 4K upsampler's).
     """
 
-    def __init__(self, denoiser: Callable, factor: int, weight: float, window: tuple[float, float] | None = None):
+    def __init__(self, denoiser: Callable, factor: int, weight: float, window: tuple[float, float] | None = None,
+                 pass_x_low: bool = False):
         if not weight >= 0:
             raise ValueError(f"reconstruction guidance weight must be >= 0, got {weight}")
         if window is not None and not 0 <= window[0] < window[1]:
             raise ValueError(f"guidance window must be (lo, hi) with 0 <= lo < hi, got {window}")
         self.denoiser, self.factor, self.weight, self.window = denoiser, int(factor), float(weight), window
+        self.pass_x_low = pass_x_low
 
     def __call__(self, x: Tensor, sigma: Tensor, *, x_low: Tensor, **cond) -> Tensor:
+        if self.pass_x_low:
+            cond = {**cond, "x_low": x_low}
         inside = torch.ones_like(sigma, dtype=torch.bool)
         if self.window is not None:
             inside = (sigma >= self.window[0]) & (sigma <= self.window[1])

@@ -34,10 +34,10 @@ def tile_starts(size: int, tile: int, overlap: int, multiple: int = 1) -> list[i
     rounded down to ``multiple``; the last tile ends at ``size``. size and tile must be multiples of ``multiple``."""
     if size % multiple or tile % multiple:
         raise ValueError(f"image side {size} and tile {tile} must be multiples of {multiple}")
-    if not 0 <= overlap < tile:
-        raise ValueError(f"need 0 <= overlap < tile, got overlap={overlap}, tile={tile}")
     if size <= tile:
         return [0]
+    if not 0 <= overlap < tile:
+        raise ValueError(f"need 0 <= overlap < tile, got overlap={overlap}, tile={tile}")
     stride = max(multiple, (tile - overlap) // multiple * multiple)
     return list(range(0, size - tile, stride)) + [size - tile]
 
