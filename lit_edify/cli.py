@@ -7,6 +7,7 @@
     lit-edify data tuxpaint --out data/tuxpaint              # prepare a real dataset (see --help)
     lit-edify benchmark --config <recipe> --ckpt <ckpt>      # metrics at several solvers / step counts
     lit-edify export --ckpt run.ckpt --out model.safetensors # EMA weights + hyper-parameters, no pickle
+    lit-edify upsample --ckpt up4k.ckpt --image in.png --out out.png  # 4x with the 4K upsampler
 
 On SLURM, Lightning's SLURMEnvironment is picked up from the environment: with ``#SBATCH --signal=SIGUSR1@90``
 the job checkpoints and requeues itself before the time limit (see recipes/slurm/train.sbatch).
@@ -22,7 +23,7 @@ from pathlib import Path
 from lit_edify.commands.argtypes import ArgumentParser, finite_float, positive_int
 from lit_edify.commands.fit import SuiteCLI, build_cli  # noqa: F401 (SuiteCLI: public here too)
 
-PROJECT_COMMANDS = ("quickstart", "sample", "data", "benchmark", "export", "panorama")
+PROJECT_COMMANDS = ("quickstart", "sample", "data", "benchmark", "export", "upsample", "panorama")
 
 
 def lightning_main(args: list[str] | None = None) -> None:
@@ -75,6 +76,9 @@ def _dispatch(argv: list[str]) -> int:
         if cmd == "export":
             from lit_edify.commands.export import main as export_main
             return export_main(rest)
+        if cmd == "upsample":
+            from lit_edify.commands.upsample import main as upsample_main
+            return upsample_main(rest)
         if cmd == "panorama":
             from lit_edify.commands.panorama import main as panorama_main
             return panorama_main(rest)
@@ -103,6 +107,9 @@ def sample_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples", help="output folder for PNGs")
     from lit_edify.commands.control import add_control_arguments
     add_control_arguments(p)  # --control KIND=FILE, --controlnet-ckpt, --control-weight, --mask, --task
+    from lit_edify.commands.upsample import add_upsampler4k_arguments
+    p.add_argument("--upsampler4k-ckpt", help="optional 4K upsampler (Upsampler4K) applied to the final images")
+    add_upsampler4k_arguments(p)  # --upsampler4k-recon-guidance, --upsampler4k-tile, ...
     return p
 
 
@@ -137,7 +144,8 @@ def check_sample_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None
             p.error(f"--prompt number {i} {why}")
     if (why := output_folder_problem(Path(a.out))) is not None:
         p.error(f"--out {why}")
-    for flag, path in (("--ckpt", a.ckpt), ("--upsampler-ckpt", a.upsampler_ckpt)):
+    for flag, path in (("--ckpt", a.ckpt), ("--upsampler-ckpt", a.upsampler_ckpt),
+                       ("--upsampler4k-ckpt", a.upsampler4k_ckpt)):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{flag} {str(path)!r} not found: train one with "
                                     "`lit-edify fit --config recipes/tiny/base32.yaml` (checkpoints land in "
@@ -170,6 +178,9 @@ def sample_main(argv: list[str]) -> int:
         images = controlled_text_to_image(base, a.prompt, controls, **kw)
     else:
         images = text_to_image(base, a.prompt, **kw)
+    if a.upsampler4k_ckpt:  # text -> base -> 1K -> 4K (report Sec. 4)
+        from lit_edify.commands.upsample import upsample_images
+        images = upsample_images(a, images, kw["progress"])
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(images):

@@ -5,8 +5,9 @@ from .controlnet import ControlNetModule
 from .ldr2hdr import LDR2HDR  # registered in its file
 from .registry import MODULES, module_class, register
 from .upsampler import Upsampler
+from .upsampler4k import Upsampler4K
 
 register(BaseModel)
 register(Upsampler)
 
-__all__ = ["MODULES", "BaseModel", "ControlNetModule", "LDR2HDR", "Upsampler", "module_class", "register"]
+__all__ = ["MODULES", "BaseModel", "ControlNetModule", "LDR2HDR", "Upsampler", "Upsampler4K", "module_class", "register"]
