@@ -229,3 +229,23 @@ def test_cli_upsample_failure_while_sampling_leaves_nothing(up4k_ckpt, tmp_path,
     code, io = _upsample(capsys, "--ckpt", up4k_ckpt, "--image", tmp_path / "in.png", "--out", tmp_path / "o.png")
     assert code == 1 and "simulated failure" in io.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+def test_cli_sample_text_to_base_to_1k_to_4k(tiny_base_kwargs, tmp_path):
+    """lit-edify sample --ckpt base --upsampler-ckpt 1K --upsampler4k-ckpt 4K: a 16 px base, a 4x "1K" stage
+    (64 px) and the 4K stage (256 px) started from it."""
+    from lit_edify.cli import main
+    from lit_edify.modules.base import BaseModel
+
+    torch.manual_seed(0)
+    kw = dict(tiny_base_kwargs)
+    base = save_module(BaseModel(**flat(**kw, band_factors=[4], band_cutoffs=[8.0], band_starts=[1.0])),
+                       tmp_path / "base.ckpt")
+    up_kw = dict(kw, resolution=64, band_factors=[4], band_cutoffs=[2.0], band_starts=[0.25], sigma_max=2.0)
+    up1k = save_module(Upsampler(factor=4, **flat(**up_kw)), tmp_path / "up1k.ckpt")
+    up4k = save_module(Upsampler4K(up1k, sampling={"steps": 2}), tmp_path / "up4k.ckpt")
+    code = main(["sample", "--ckpt", base, "--upsampler-ckpt", up1k, "--upsampler4k-ckpt", up4k,
+                 "--prompt", "a red circle", "--steps", "2", "--upsampler-steps", "2", "--upsampler4k-tile", "128", "--upsampler4k-overlap", "32",
+                 "--out", str(tmp_path / "out")])
+    assert code == 0
+    assert Image.open(tmp_path / "out" / "000.png").size == (256, 256)
