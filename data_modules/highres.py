@@ -54,8 +54,8 @@ def scan_images(root: str | os.PathLike, min_size: int, one_per_folder: bool = F
     are skipped with a log line. ``one_per_folder``: only the largest (in pixels) image of each folder."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"high-resolution image folder {str(root)!r} does not exist; pass a folder of "
-                                "images (e.g. /usr/share/wallpapers after `apt-get install plasma-workspace-wallpapers`)")
+        raise FileNotFoundError(f"high-resolution image folder {str(root)!r} does not exist; pass a folder of images "
+                                "(e.g. /usr/share/wallpapers: `apt-get install plasma-workspace-wallpapers`)")
     best: dict[Path, tuple[int, Path]] = {}
     kept = []
     for p in sorted(root.rglob("*")):

@@ -245,7 +245,8 @@ def test_cli_sample_text_to_base_to_1k_to_4k(tiny_base_kwargs, tmp_path):
     up1k = save_module(Upsampler(factor=4, **flat(**up_kw)), tmp_path / "up1k.ckpt")
     up4k = save_module(Upsampler4K(up1k, sampling={"steps": 2}), tmp_path / "up4k.ckpt")
     code = main(["sample", "--ckpt", base, "--upsampler-ckpt", up1k, "--upsampler4k-ckpt", up4k,
-                 "--prompt", "a red circle", "--steps", "2", "--upsampler-steps", "2", "--upsampler4k-tile", "128", "--upsampler4k-overlap", "32",
+                 "--prompt", "a red circle", "--steps", "2", "--upsampler-steps", "2", "--upsampler4k-tile", "128",
+                 "--upsampler4k-overlap", "32",
                  "--out", str(tmp_path / "out")])
     assert code == 0
     assert Image.open(tmp_path / "out" / "000.png").size == (256, 256)
