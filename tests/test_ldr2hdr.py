@@ -76,6 +76,7 @@ def test_unsaturated_pixels_are_exactly_the_linearised_input():
 def test_tiled_inference_equals_untiled_and_wraps_longitude():
     net = randomised(LDR2HDRNet(8, 8))
     ldr = torch.rand(3, 128, 256)
+    ldr[:, :64, :128] *= 0.8  # tiles without saturated pixels take the exact shortcut
     with torch.no_grad():
         full = net(ldr[None])[0][0]
     tiled = tiled_hdr(net, ldr, tile=64, halo=128, wrap_x=False, out=torch.empty(3, 128, 256))

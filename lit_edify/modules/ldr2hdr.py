@@ -93,7 +93,8 @@ def tiled_hdr(net: LDR2HDRNet, ldr: Tensor, tile: int = 512, halo: int = 128, wr
     """Run ``net`` over an LDR image (3, H, W) (uint8 0..255 or float [0, 1]) tile by tile; returns the log HDR
     (3, H, W) in ``out`` (default float16; preallocate to bound memory). Each tile sees ``halo`` extra pixels on
     every side (wrapping around in x when ``wrap_x``, as an equirectangular panorama does); with a halo at least
-    the network's receptive field the result equals the untiled output. H and W must be multiples of 16."""
+    the network's receptive field the result equals the untiled output. Tiles with no pixel above ``net.tau`` skip
+    the network: there the output is the linearised input by construction. H and W must be multiples of 16."""
     c, h, w = ldr.shape
     s = net.stride
     if h % s or w % s or tile % s or halo % s:
@@ -111,10 +112,14 @@ def tiled_hdr(net: LDR2HDRNet, ldr: Tensor, tile: int = 512, halo: int = 128, wr
             xa, xb = max(0, x - halo), min(w, x + tile + halo)
             src, x0 = ldr[:, y0:y1, xa:xb], x - xa
         src = src.float() / 255 if src.dtype == torch.uint8 else src.float()
-        with torch.no_grad():
-            pred = net(src[None].to(dev))[0][0].cpu()
         th, tw = min(tile, h - y), min(tile, w - x)
-        out[:, y:y + th, x:x + tw] = pred[:, y - y0:y - y0 + th, x0:x0 + tw].to(out.dtype)
+        core = src[:, y - y0:y - y0 + th, x0:x0 + tw]
+        if float(core.max()) <= net.tau:  # nothing near saturation: the output is the linearised input, exactly
+            pred = (srgb_decode(core) + LOG_EPS).log()
+        else:
+            with torch.no_grad():
+                pred = net(src[None].to(dev))[0][0].cpu()[:, y - y0:y - y0 + th, x0:x0 + tw]
+        out[:, y:y + th, x:x + tw] = pred.to(out.dtype)
     return out
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["View", "camera_to_world", "equirect_directions", "equirect_to_perspective", "lonlat_to_direction",
-           "direction_to_lonlat", "perspective_directions", "perspective_to_equirect", "project_to_view",
+           "direction_to_lonlat", "perspective_directions", "perspective_to_equirect", "project_to_view", "sample_view",
            "solid_angle_weights", "view_weight", "wrap_pad"]
 Tensor = torch.Tensor
 
@@ -128,6 +128,15 @@ def sample_equirect(pano: Tensor, d: Tensor, mode: str = "bilinear") -> Tensor:
 def equirect_to_perspective(pano: Tensor, view: View, out_hw: tuple[int, int], mode: str = "bilinear") -> Tensor:
     """Perspective view (B, C, h, w) of an equirectangular image (B, C, H, W) (``e2p``)."""
     return sample_equirect(pano, perspective_directions(view, *out_hw, device=pano.device), mode)
+
+
+def sample_view(img: Tensor, view: View, d: Tensor, mode: str = "bilinear") -> Tensor:
+    """Values (C, *d.shape[:-1]) of a perspective image (C, h, w) along world directions d (R, W, 3); 0 where
+    the ray misses the view."""
+    xy, inside = project_to_view(d, view, *img.shape[-2:])
+    src = img[None] if img.is_floating_point() else img[None].float()
+    out = F.grid_sample(src, xy[None].to(src.dtype), mode=mode, padding_mode="border", align_corners=False)[0]
+    return out * inside.to(out.dtype)
 
 
 def perspective_to_equirect(img: Tensor, view: View, out_hw: tuple[int, int], rows: slice = slice(None),

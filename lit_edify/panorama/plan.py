@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from lit_edify.panorama.geometry import (View, equirect_directions, perspective_to_equirect, project_to_view,
+from lit_edify.panorama.geometry import (View, equirect_directions, project_to_view, sample_view,
                                          solid_angle_weights, view_weight)
 
 __all__ = ["assemble", "coverage_counts", "horizon_fov", "pole_fov", "ring_lowest_latitude", "view_plan"]
@@ -90,11 +90,12 @@ def assemble(views: Sequence[View], images: Sequence[Tensor] | Callable[[int], T
         for k, v in enumerate(views):
             img = first if k == 0 else get(k)
             wk = view_weight(d, v, *img.shape[-2:])
-            if not bool(wk.any()):
+            cols = wk.any(0).nonzero().squeeze(1)  # only the columns this view reaches (4-8x less work)
+            if cols.numel() == 0:
                 continue
-            warped, _ = perspective_to_equirect(img[None].float(), v, size, rows=rows, mode=mode)
-            num += warped[0] * wk
-            den += wk
+            wk = wk[:, cols]
+            num[:, :, cols] += sample_view(img.float(), v, d[:, cols], mode) * wk
+            den[:, cols] += wk
         band_img = num / den.clamp(min=1e-12)
         if out.dtype == torch.uint8:
             band_img = (band_img.clamp(0, 1) * 255).round()
