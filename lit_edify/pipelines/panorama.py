@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,7 +164,8 @@ def panorama(base, inpaint, ldr2hdr, prompt: str, size: str = "4k", out: str | P
     """The whole chain: views -> equirectangular LDR at ``size`` (4k | 8k | 16k) -> LDR2HDR -> files.
 
     base / inpaint: the frozen base and its inpainting ControlNet (``load_frozen_base``, ``load_controlnet``);
-    ldr2hdr: an :class:`LDR2HDR`. Returns the output paths, the views and the overlap statistics."""
+    ldr2hdr: an :class:`LDR2HDR`. Returns the output paths, the views, the overlap statistics and the seconds
+    each part took."""
     from lit_edify.pipelines.controlled import controlled_text_to_image
 
     if size not in SIZES:
@@ -175,12 +177,18 @@ def panorama(base, inpaint, ldr2hdr, prompt: str, size: str = "4k", out: str | P
         return controlled_text_to_image(base, [p], [(inpaint, hint, 1.0)], seed=s, steps=steps, guidance=guidance,
                                         pitch=[pitch])
 
+    t = [time.perf_counter()]
     gen = generate_views(sample, prompt, views, hw, example=example, seed=seed, progress=progress)
+    t.append(time.perf_counter())
     full = SIZES[size]
     ldr = torch.empty(3, *full, dtype=torch.uint8)
     assemble(views, [(x + 1) / 2 for x in gen.images], full, out=ldr)
+    t.append(time.perf_counter())
     log_hdr = ldr2hdr.to_hdr(ldr, tile=1024, halo=128)
     del ldr
+    t.append(time.perf_counter())
     files = hdr_to_outputs(log_hdr, Path(out))
-    return {**files, "views": gen, "size": full, "overlap_mad": gen.overlap_mad}
+    t.append(time.perf_counter())
+    seconds = dict(zip(("views", "assemble", "ldr2hdr", "write"), np.diff(t).tolist()))
+    return {**files, "views": gen, "size": full, "overlap_mad": gen.overlap_mad, "seconds": seconds}
 
