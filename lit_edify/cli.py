@@ -7,7 +7,9 @@
     lit-edify data tuxpaint --out data/tuxpaint              # prepare a real dataset (see --help)
     lit-edify benchmark --config <recipe> --ckpt <ckpt>      # metrics at several solvers / step counts
     lit-edify export --ckpt run.ckpt --out model.safetensors # EMA weights + hyper-parameters, no pickle
+    lit-edify personalize export --ckpt run.ckpt --out concept.safetensors  # trained tensors of a finetune
     lit-edify upsample --ckpt up4k.ckpt --image in.png --out out.png  # 4x with the 4K upsampler
+    lit-edify personalize export --ckpt run.ckpt --out concept.safetensors  # trained tensors of a finetune
 
 On SLURM, Lightning's SLURMEnvironment is picked up from the environment: with ``#SBATCH --signal=SIGUSR1@90``
 the job checkpoints and requeues itself before the time limit (see recipes/slurm/train.sbatch).
@@ -23,7 +25,7 @@ from pathlib import Path
 from lit_edify.commands.argtypes import ArgumentParser, finite_float, positive_int
 from lit_edify.commands.fit import SuiteCLI, build_cli  # noqa: F401 (SuiteCLI: public here too)
 
-PROJECT_COMMANDS = ("quickstart", "sample", "data", "benchmark", "export", "upsample", "panorama")
+PROJECT_COMMANDS = ("quickstart", "sample", "data", "benchmark", "export", "personalize", "upsample", "panorama")
 
 
 def lightning_main(args: list[str] | None = None) -> None:
@@ -76,6 +78,9 @@ def _dispatch(argv: list[str]) -> int:
         if cmd == "export":
             from lit_edify.commands.export import main as export_main
             return export_main(rest)
+        if cmd == "personalize":
+            from lit_edify.commands.personalize import main as personalize_main
+            return personalize_main(rest)
         if cmd == "upsample":
             from lit_edify.commands.upsample import main as upsample_main
             return upsample_main(rest)
@@ -105,6 +110,8 @@ def sample_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="samples", help="output folder for PNGs")
+    p.add_argument("--personalization", help="personalization file for the base (`lit-edify personalize export`)")
+    p.add_argument("--upsampler-personalization", help="personalization file for the upsampler")
     from lit_edify.commands.control import add_control_arguments
     add_control_arguments(p)  # --control KIND=FILE, --controlnet-ckpt, --control-weight, --mask, --task
     from lit_edify.commands.upsample import add_upsampler4k_arguments
@@ -144,6 +151,10 @@ def check_sample_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None
             p.error(f"--prompt number {i} {why}")
     if (why := output_folder_problem(Path(a.out))) is not None:
         p.error(f"--out {why}")
+    for flag, path in (("--personalization", a.personalization),
+                       ("--upsampler-personalization", a.upsampler_personalization)):
+        if path is not None and not Path(path).is_file():
+            p.error(f"{flag} file {path!r} not found")
     for flag, path in (("--ckpt", a.ckpt), ("--upsampler-ckpt", a.upsampler_ckpt),
                        ("--upsampler4k-ckpt", a.upsampler4k_ckpt)):
         if path is not None and not Path(path).is_file():
@@ -167,7 +178,15 @@ def sample_main(argv: list[str]) -> int:
     check_sample_args(parser, a)
     check_control_args(parser, a)
     base = load_frozen_base(a.ckpt).to(a.device) if a.control else load_module(a.ckpt, a.device)
+    if a.personalization:  # in place; the base keeps its weights hash, so its ControlNets still attach
+        from lit_edify.personalization import apply_personalization
+        apply_personalization(base, a.personalization)
     upsampler = load_module(a.upsampler_ckpt, a.device) if a.upsampler_ckpt else None
+    if a.upsampler_personalization:
+        if upsampler is None:
+            parser.error("--upsampler-personalization goes with --upsampler-ckpt")
+        from lit_edify.personalization import apply_personalization
+        apply_personalization(upsampler, a.upsampler_personalization)
     n = len(a.prompt)
     kw = dict(upsampler=upsampler, plan=a.plan, aspect=a.aspect, seed=a.seed, steps=a.steps,
               upsampler_steps=a.upsampler_steps, solver=a.solver, guidance=a.guidance, pitch=[a.pitch] * n,

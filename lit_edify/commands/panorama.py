@@ -29,6 +29,7 @@ def parser() -> ArgumentParser:
     p.add_argument("--ckpt", required=True, help="base model checkpoint")
     p.add_argument("--inpaint-ckpt", required=True, help="inpainting ControlNet trained on --ckpt")
     p.add_argument("--hdr-ckpt", required=True, help="LDR2HDR checkpoint")
+    p.add_argument("--personalization", help="personalization file for --ckpt (`lit-edify personalize export`)")
     p.add_argument("--views", type=positive_int, default=8, help="views around the horizon (default 8)")
     p.add_argument("--overlap", type=finite_float, default=0.5, help="share of a horizon view's width seen by its "
                    "neighbour (default 0.5)")
@@ -55,7 +56,7 @@ def check_args(p: ArgumentParser, a) -> None:
         why = "is a file, not a folder" if not parent.is_dir() else "has no write permission"
         p.error(f"--out {a.out!r} is not writable ({str(parent)!r} {why}); pass another path")
     for flag, path in (("--ckpt", a.ckpt), ("--inpaint-ckpt", a.inpaint_ckpt), ("--hdr-ckpt", a.hdr_ckpt),
-                       ("--view", a.view)):
+                       ("--view", a.view), ("--personalization", a.personalization)):
         if path is not None and not Path(path).is_file():
             p.error(f"{flag} file {path!r} not found")
     if not 0 <= a.overlap < 1:
@@ -97,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     check_args(p, a)
     base = load_frozen_base(a.ckpt).to(a.device)
+    if a.personalization:  # in place; the base keeps its weights hash, so the inpainting ControlNet still attaches
+        from lit_edify.personalization import apply_personalization
+        apply_personalization(base, a.personalization)
     inpaint = load_controlnet(a.inpaint_ckpt, base, a.device)
     if inpaint.controlnet.hint_channels != 7:
         raise CheckpointError(f"--inpaint-ckpt {a.inpaint_ckpt} is a {inpaint.hparams.hint} ControlNet; the "
