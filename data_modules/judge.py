@@ -29,13 +29,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .shapes_render import BACKGROUND_COLORS, HORIZON, OBJECT_COLORS, SHADING, SHAPE_AREA, SHAPES, ground_color
+from .shapes_render import (BACKGROUND_COLORS, CONCEPT_SHAPE, CONCEPT_STYLE, HATCH_SPACING, HORIZON, OBJECT_COLORS,
+                            SHADING, SHAPE_AREA, SHAPES, ZORB_ARM, ground_color)
 
-__all__ = ["judge_image", "adherence", "ATTRIBUTES", "JUDGE_SIZE", "DOF_THRESHOLD"]
+__all__ = ["judge_image", "adherence", "hatch_amplitude", "ATTRIBUTES", "JUDGE_SIZE", "DOF_THRESHOLD",
+           "HATCH_THRESHOLD"]
 
 ATTRIBUTES: tuple[str, ...] = ("color", "background", "shape", "pitch", "dof", "media_type")
 JUDGE_SIZE = 32  # images are resized to this short side before judging
 DOF_THRESHOLD = 2.0  # texture energy (RMS grey levels above the noise floor) from which dof = deep
+HATCH_THRESHOLD = 20.0  # amplitude (grey levels) of the object's stripe frequency from which it is hatched
 
 
 def _palette() -> tuple[np.ndarray, list[tuple[str, str]]]:
@@ -76,18 +79,21 @@ def _shape_template(shape: str, size: float, cx: float, cy: float, hw: tuple[int
         return np.hypot(dx, dy) <= size
     if shape == "square":
         return np.maximum(np.abs(dx), np.abs(dy)) <= size
+    if shape == CONCEPT_SHAPE:
+        t = ZORB_ARM * size
+        return ((np.abs(dx) <= size) & (np.abs(dy) <= t)) | ((np.abs(dx) <= t) & (np.abs(dy) <= size))
     k = 1 / math.sqrt(5)
     return np.maximum(dy - size, np.maximum((-2 * dx - dy - size) * k, (2 * dx - dy - size) * k)) <= 0
 
 
-def _classify_shape(mask: np.ndarray) -> str:
+def _classify_shape(mask: np.ndarray, shapes: tuple[str, ...] = SHAPES) -> str:
     area = mask.sum()
     if area < 3:
-        return SHAPES[0]
+        return shapes[0]
     ys, xs = np.nonzero(mask)
     my, mx = ys.mean() + 0.5, xs.mean() + 0.5
-    best, best_iou = SHAPES[0], -1.0
-    for shape in SHAPES:
+    best, best_iou = shapes[0], -1.0
+    for shape in shapes:
         size = math.sqrt(area / SHAPE_AREA[shape])
         cy = my - size / 3 if shape == "triangle" else my  # triangle centroid is size/3 below box centre
         tmpl = _shape_template(shape, size, mx, cy, mask.shape)
@@ -120,15 +126,34 @@ def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
     return ~_erode(~mask, r, border=True)
 
 
-def judge_image(img: torch.Tensor | np.ndarray) -> dict[str, Any]:
+def hatch_amplitude(lum: np.ndarray, region: np.ndarray) -> float:
+    """Amplitude (grey levels) of the luminance's Fourier component at the vexa stripe frequency (stripes along
+    x + y = const, :data:`HATCH_SPACING` apart) over ``region``; 0 for fewer than 8 pixels. A square wave between
+    luminances a and b has amplitude 2 |a - b| / pi; a flat or linearly shaded fill about 0."""
+    if region.sum() < 8:
+        return 0.0
+    h, w = lum.shape
+    s = min(h, w)
+    yy, xx = np.nonzero(region)
+    u = ((xx + 0.5) + (yy + 0.5)) / (s * math.sqrt(2))
+    v = lum[region] - lum[region].mean()
+    return float(2 * abs(np.mean(v * np.exp(-2j * math.pi * u / HATCH_SPACING))))
+
+
+def judge_image(img: torch.Tensor | np.ndarray, concepts: bool = False) -> dict[str, Any]:
     """Read the labels of one shapes image.
 
     Args:
         img: ``(3, H, W)`` float image in [-1, 1] (any size and aspect ratio).
+        concepts: also read the personalization concepts: the shape may be :data:`CONCEPT_SHAPE` (the object
+            mask is closed over 2 pixels first, which bridges hatch stripes) and ``"style"`` is
+            :data:`CONCEPT_STYLE` when the object's stripe amplitude (:func:`hatch_amplitude`) exceeds
+            :data:`HATCH_THRESHOLD`, else ``"none"``.
 
     Returns:
         ``{"color": str, "shape": str, "background": str, "pitch": int, "dof": int,
-        "media_type": int}`` with the names / codes of :mod:`lit_edify.data_modules.shapes_render`.
+        "media_type": int}`` with the names / codes of :mod:`lit_edify.data_modules.shapes_render` (and
+        ``"style"`` with ``concepts``).
     """
     rgb = _to_numpy_255(img)
     h, w, _ = rgb.shape
@@ -146,7 +171,9 @@ def judge_image(img: torch.Tensor | np.ndarray) -> dict[str, Any]:
     color = max(counts, key=counts.get)
     col_ids = [i for i, n in enumerate(_PALETTE_NAMES) if n == ("object", color)]
     mask = _majority3(np.isin(label, col_ids))
-    shape = _classify_shape(mask)
+    if concepts:
+        mask = _erode(_dilate(mask, 2), 2)
+    shape = _classify_shape(mask, SHAPES + (CONCEPT_SHAPE,) if concepts else SHAPES)
 
     # pitch: strongest background-luminance step at the three possible horizon heights
     # background: away from every object pixel (also skips outlines and anti-aliased borders)
@@ -202,8 +229,12 @@ def judge_image(img: torch.Tensor | np.ndarray) -> dict[str, Any]:
         if v.std() > 1e-6 and t.std() > 0:
             corr = float(np.corrcoef(v, t)[0, 1])
             media_type = 0 if corr < -0.5 else 1
-    return {"color": color, "shape": shape, "background": background, "pitch": pitch, "dof": dof,
-            "media_type": media_type}
+    out = {"color": color, "shape": shape, "background": background, "pitch": pitch, "dof": dof,
+           "media_type": media_type}
+    if concepts:
+        amp = hatch_amplitude(lum, _erode(mask, 1))
+        out["style"] = CONCEPT_STYLE if amp > HATCH_THRESHOLD else "none"
+    return out
 
 
 def adherence(images: torch.Tensor | Sequence[torch.Tensor], prompts: Sequence[dict[str, Any]]) -> dict[str, Any]:

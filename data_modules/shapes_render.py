@@ -30,7 +30,7 @@ from .buckets import bucket_shape
 __all__ = [
     "OBJECT_COLORS", "BACKGROUND_COLORS", "SHAPES", "HELDOUT_PAIRS", "PITCH_NAMES", "DOF_NAMES",
     "MEDIA_NAMES", "HORIZON", "SHAPE_AREA", "ShapeObject", "ShapeScene", "ground_color", "sample_scene", "render",
-    "caption_short", "caption_long",
+    "caption_short", "caption_long", "CONCEPT_SHAPE", "CONCEPT_STYLE",
 ]
 
 #: Object colours (name -> sRGB 0..255): six well separated hues.
@@ -50,8 +50,16 @@ BACKGROUND_COLORS: dict[str, tuple[int, int, int]] = {
     "brown": (120, 75, 40),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+#: Personalization concepts (report Sec. 7), never in the base data: a plus-shaped cross called "zorb" and a
+#: hatch texture style called "vexa" (dark diagonal stripes over the objects).
+CONCEPT_SHAPE = "zorb"
+CONCEPT_STYLE = "vexa"
+ZORB_ARM = 0.4  # half-thickness of the zorb's two bars, in units of its size
+HATCH_SPACING = 0.25  # vexa: distance between the diagonal stripes, short-side units (8 px at 32 px)
+HATCH_WIDTH = 0.09  # vexa: width of each dark stripe, short-side units (about 3 px at 32 px)
 #: Area of each shape in units of size**2 (size = half-extent of its box).
-SHAPE_AREA: dict[str, float] = {"circle": math.pi, "square": 4.0, "triangle": 2.0}
+SHAPE_AREA: dict[str, float] = {"circle": math.pi, "square": 4.0, "triangle": 2.0,
+                                CONCEPT_SHAPE: 8 * ZORB_ARM - 4 * ZORB_ARM**2}
 #: (colour, shape) pairs never shown in the train/val/test splits; only in split "heldout".
 HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (("green", "triangle"), ("yellow", "circle"), ("blue", "square"))
 PITCH_NAMES: tuple[str, ...] = ("ascending", "eye level", "descending")
@@ -103,6 +111,7 @@ class ShapeScene:
     media_type: int
     objects: tuple[ShapeObject, ...]
     texture: tuple[float, ...] = field(default=(4.0, 0.3, 0.0, 0.0, 4.5, 0.0, 1.5, 0.5, 0.0, 0.0, 0.0))
+    style: str | None = None  #: None or CONCEPT_STYLE (hatched objects)
 
 
 def _position_words(cx: float, cy: float) -> str:
@@ -127,9 +136,11 @@ def caption_short(scene: ShapeScene) -> str:
 
 
 def caption_long(scene: ShapeScene) -> str:
-    """E.g. ``"a large red circle near the top left on a white background"``."""
+    """E.g. ``"a large red circle near the top left on a white background"`` (``", in vexa style"`` appended for
+    a styled scene)."""
     parts = [f"a {_size_word(o.size)} {o.color} {o.shape} {_position_words(o.cx, o.cy)}" for o in scene.objects]
-    return f"{' and '.join(parts)} on a {scene.background} background"
+    style = f", in {scene.style} style" if scene.style else ""
+    return f"{' and '.join(parts)} on a {scene.background} background{style}"
 
 
 def _extents(aspect: str) -> tuple[float, float]:
@@ -163,6 +174,7 @@ def sample_scene(
     dof: int | None = None,
     media_type: int | None = None,
     background: str | None = None,
+    style: str | None = None,
 ) -> ShapeScene:
     """Draw a random scene.
 
@@ -174,6 +186,7 @@ def sample_scene(
             not overlapping it (dropped if no free spot is found in 50 tries).
         secondary_pairs: allowed pairs of the second object (default: ``pairs``).
         pitch, dof, media_type, background: fix these labels instead of drawing them.
+        style: None, or :data:`CONCEPT_STYLE` for hatched objects (personalization data only).
     """
     color, shape = pairs[int(rng.integers(len(pairs)))]
     bg = background if background is not None else list(BACKGROUND_COLORS)[int(rng.integers(len(BACKGROUND_COLORS)))]
@@ -201,7 +214,7 @@ def sample_scene(
         rng.uniform(1.0, 2.0), rng.uniform(0, math.pi), rng.uniform(0, 2 * math.pi), rng.uniform(0, 2 * math.pi),
         rng.uniform(0, 2 * math.pi),
     )
-    return ShapeScene(aspect, bg, pitch, dof, media_type, tuple(objects), tuple(float(t) for t in tex))
+    return ShapeScene(aspect, bg, pitch, dof, media_type, tuple(objects), tuple(float(t) for t in tex), style)
 
 
 def _sdf(o: ShapeObject, x: np.ndarray, y: np.ndarray, ew: float, eh: float) -> np.ndarray:
@@ -214,7 +227,10 @@ def _sdf(o: ShapeObject, x: np.ndarray, y: np.ndarray, ew: float, eh: float) -> 
     if o.shape == "triangle":  # apex (0, -s), base corners (+-s, s)
         k = 1.0 / math.sqrt(5.0)
         return np.maximum(dy - s, np.maximum((-2 * dx - dy - s) * k, (2 * dx - dy - s) * k))
-    raise ValueError(f"unknown shape {o.shape!r}; known shapes are {SHAPES}")
+    if o.shape == CONCEPT_SHAPE:  # plus sign: union of a horizontal and a vertical bar of half-thickness ARM * s
+        t = ZORB_ARM * s
+        return np.minimum(np.maximum(np.abs(dx) - s, np.abs(dy) - t), np.maximum(np.abs(dx) - t, np.abs(dy) - s))
+    raise ValueError(f"unknown shape {o.shape!r}; known shapes are {SHAPES + (CONCEPT_SHAPE,)}")
 
 
 def _texture(scene: ShapeScene, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -283,6 +299,10 @@ def render(scene: ShapeScene, resolution: int, aspect: str | None = None, multip
             fill = base * (1 + SHADING * g)[..., None]
         else:
             fill = np.broadcast_to(base, img.shape)
+        if scene.style == CONCEPT_STYLE:  # dark stripes along x + y = const, anti-aliased like the outlines
+            dist = np.abs(np.mod((x + y) / math.sqrt(2), HATCH_SPACING) - HATCH_SPACING / 2) - HATCH_WIDTH / 2
+            stripe = np.clip(0.5 - dist / px, 0.0, 1.0)[..., None]
+            fill = fill * (1 - stripe) + np.asarray(OUTLINE_COLOR) * stripe
         img = img * (1 - cov[..., None]) + fill * cov[..., None]
         if scene.media_type == 1:
             oc = np.clip(0.5 - (np.abs(d) - 0.5 * OUTLINE) / px, 0.0, 1.0)[..., None]
