@@ -45,27 +45,42 @@ def folder_panoramas(folder: str | None, holdout: tuple[str, ...], size: tuple[i
     return train, held
 
 
+def _brightest(pano: torch.Tensor) -> tuple[float, float]:
+    """(lon, lat) of the brightest pixel of an equirectangular panorama (3, H, W)."""
+    _, h, w = pano.shape
+    i = int(pano.sum(0).flatten().argmax())
+    return (i % w + 0.5) / w * 2 * math.pi - math.pi, math.pi / 2 - (i // w + 0.5) / h * math.pi
+
+
 class HDRViews(Dataset):
-    """Random perspective views (3, S, S) of a pool of panoramas; ``length`` views per epoch."""
+    """Random perspective views (3, S, S) of a pool of panoramas; ``length`` views per epoch; a share
+    ``p_bright`` of them looks near the panorama's brightest point."""
 
     def __init__(self, panos: list[torch.Tensor], size: int, length: int, seed: int = 0,
                  pitch_deg: tuple[float, float] = (-30, 60), fov_deg: tuple[float, float] = (60, 110),
-                 weights: list[float] | None = None):
+                 weights: list[float] | None = None, p_bright: float = 0.0):
         if not panos:
             raise ValueError("HDRViews needs at least one panorama")
         self.panos, self.size, self.length, self.seed = panos, size, length, seed
         self.pitch, self.fov = pitch_deg, fov_deg
         w = np.asarray(weights if weights is not None else [1.0] * len(panos), dtype=np.float64)
         self.p = w / w.sum()
+        self.p_bright = p_bright
+        self.bright = [_brightest(x) for x in panos] if p_bright > 0 else []
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng([self.seed, i])  # view i of the run: set epoch_views >= steps x batch
-        pano = self.panos[int(rng.choice(len(self.panos), p=self.p))]
-        v = View(float(rng.uniform(-math.pi, math.pi)), math.radians(rng.uniform(*self.pitch)),
-                 math.radians(rng.uniform(*self.fov)))
+        k = int(rng.choice(len(self.panos), p=self.p))
+        pano, fov = self.panos[k], math.radians(rng.uniform(*self.fov))
+        if rng.random() < self.p_bright:  # aim near the brightest point (the sun): what clipping destroys most
+            lon, lat = self.bright[k]
+            j = rng.uniform(-fov / 3, fov / 3, 2)
+            v = View(lon + float(j[0]), float(np.clip(lat + j[1], -1.5, 1.5)), fov)
+        else:
+            v = View(float(rng.uniform(-math.pi, math.pi)), math.radians(rng.uniform(*self.pitch)), fov)
         return {"image": equirect_to_perspective(pano[None], v, (self.size, self.size))[0].clamp(min=0)}
 
 
@@ -78,13 +93,14 @@ class HDRDataModule(L.LightningDataModule):
         holdout: file stems of the folder kept for validation only.
         n_procedural / n_val_procedural: procedural training / validation panoramas (different seeds).
         real_fraction: share of training views cut from the folder's panoramas.
+        p_bright: share of training views aimed near the brightest point of their panorama (the sun).
         crop / batch_size / epoch_views: view size, batch size, views per epoch.
     """
 
     def __init__(self, folder: str | None = None, holdout: tuple[str, ...] = ("sunset", "forest"),
                  n_procedural: int = 48, n_val_procedural: int = 4, pano_size: tuple[int, int] = (128, 256),
                  real_fraction: float = 0.3, crop: int = 64, batch_size: int = 16, epoch_views: int = 4096,
-                 num_workers: int = 0, seed: int = 0):
+                 p_bright: float = 0.0, num_workers: int = 0, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
 
@@ -96,7 +112,8 @@ class HDRDataModule(L.LightningDataModule):
         real, held = folder_panoramas(hp.folder, tuple(hp.holdout), (256, 512))
         weights = [(1 - hp.real_fraction) / len(proc)] * len(proc) + (
             [hp.real_fraction / len(real)] * len(real) if real else [])
-        self.train_set = HDRViews(proc + real, hp.crop, hp.epoch_views, hp.seed, weights=weights)
+        self.train_set = HDRViews(proc + real, hp.crop, hp.epoch_views, hp.seed, weights=weights,
+                                  p_bright=hp.p_bright)
         self.val_panos = procedural_panoramas(hp.n_val_procedural, hp.seed + 10_000, (128, 256)) + [
             torch.nn.functional.interpolate(x[None], size=(128, 256), mode="area")[0] for x in held]
 

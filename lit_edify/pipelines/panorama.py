@@ -24,8 +24,8 @@ from lit_edify.panorama.geometry import (View, equirect_directions, equirect_to_
                                          view_weight)
 from lit_edify.panorama.plan import assemble, view_plan
 
-__all__ = ["SIZES", "PanoramaViews", "generate_views", "hdr_to_outputs", "inpaint_hint", "naive_assembly",
-           "panorama", "tone_map"]
+__all__ = ["SIZES", "PanoramaViews", "generate_views", "hdr_to_outputs", "inpaint_hint", "inpaint_sampler",
+           "keep_known", "naive_assembly", "panorama", "tone_map"]
 Tensor = torch.Tensor
 SIZES = {"4k": (2048, 4096), "8k": (4096, 8192), "16k": (8192, 16384)}
 
@@ -46,6 +46,40 @@ def inpaint_hint(image: Tensor, generate: Tensor, task: str) -> Tensor:
     onehot = torch.zeros(1, len(TASKS), *image.shape[-2:])
     onehot[:, TASKS.index(task)] = 1
     return torch.cat([image * (1 - generate), generate, onehot], 1)
+
+
+def keep_known(denoiser, known: Tensor, mask: Tensor):
+    """A denoiser whose clean-image estimate keeps the known pixels: ``D'(x, sigma) = m * known + (1 - m) *
+    D(x, sigma)`` (m = mask, 1 where known). Every solver step then pulls the known region towards the earlier
+    content while the rest is generated around it (the inpainting ControlNet sees the same content as control)."""
+    def d(x, sigma, **kwargs):
+        return mask * known + (1 - mask) * denoiser(x, sigma, **kwargs)
+    return d
+
+
+def inpaint_sampler(base, inpaint, steps: int | None = None, guidance: float | None = None,
+                    solver: str | None = None, replace_known: bool = True):
+    """``sample(prompt, hint (1, 7, h, w), pitch_label, seed) -> (1, 3, h, w)`` in [-1, 1] for
+    :func:`generate_views`: the base with the inpainting ControlNet (CFG over text and hint), and with
+    ``replace_known`` the known overlap (hint channels 0-2 where the mask channel 3 is 0) kept while sampling
+    (:func:`keep_known`)."""
+    from dataclasses import replace
+
+    from lit_edify.diffusion.plans import sample_plan
+    from lit_edify.pipelines.controlled import controlled_stage
+
+    def sample(prompt: str, hint: Tensor, pitch: int, seed: int) -> Tensor:
+        hint = hint.to(base.device, torch.float32)
+        with torch.no_grad():
+            stage = controlled_stage(base, [prompt], [(inpaint, hint, 1.0)], steps=steps, guidance=guidance,
+                                     pitch=[pitch])
+            if replace_known:
+                stage = replace(stage, denoiser=keep_known(stage.denoiser, hint[:, :3], 1 - hint[:, 3:4]))
+            g = torch.Generator(device=base.device).manual_seed(seed)
+            x = sample_plan([stage], (1, 3, *hint.shape[-2:]), "cascade", solver or base.cfg.sampling.solver,
+                            generator=g, device=base.device)
+        return x.clamp(-1, 1)
+    return sample
 
 
 class _Canvas:
@@ -166,17 +200,11 @@ def panorama(base, inpaint, ldr2hdr, prompt: str, size: str = "4k", out: str | P
     base / inpaint: the frozen base and its inpainting ControlNet (``load_frozen_base``, ``load_controlnet``);
     ldr2hdr: an :class:`LDR2HDR`. Returns the output paths, the views, the overlap statistics and the seconds
     each part took."""
-    from lit_edify.pipelines.controlled import controlled_text_to_image
-
     if size not in SIZES:
         raise ValueError(f"unknown panorama size {size!r}; choose one of {list(SIZES)}")
     hw = base.image_shape("1:1")
     views = view_plan(n_views, overlap, pole_overlap_deg)
-
-    def sample(p, hint, pitch, s):
-        return controlled_text_to_image(base, [p], [(inpaint, hint, 1.0)], seed=s, steps=steps, guidance=guidance,
-                                        pitch=[pitch])
-
+    sample = inpaint_sampler(base, inpaint, steps, guidance)
     t = [time.perf_counter()]
     gen = generate_views(sample, prompt, views, hw, example=example, seed=seed, progress=progress)
     t.append(time.perf_counter())
