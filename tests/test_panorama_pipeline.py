@@ -80,3 +80,25 @@ def test_hdr_outputs_are_written_atomically(tmp_path):
     assert np.all(np.abs(rad - lin) <= lin.max(-1, keepdims=True) / 128 + 1e-6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pano.exr", "pano.hdr", "pano.png"]
     assert math.log2(lin.max() / np.median(lin)) > 15  # the sun survives in the files
+
+
+def test_keep_known_replaces_the_estimate_only_where_known():
+    from lit_edify.pipelines.panorama import keep_known
+
+    known, x = torch.rand(1, 3, 8, 8), torch.randn(1, 3, 8, 8)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., :, :3] = 1
+    denoiser = lambda x, sigma, **kw: x * 0.5 + sigma  # noqa: E731
+    d = keep_known(denoiser, known, mask)(x, 2.0)
+    assert torch.equal(d[..., :3], known[..., :3]) and torch.equal(d[..., 3:], (x * 0.5 + 2.0)[..., 3:])
+
+
+def test_bright_views_look_at_the_sun():
+    from lit_edify.data_modules.hdr_data import HDRViews
+
+    pano = render_equirect(SCENE, 64, 128, ss=1)
+    views = HDRViews([pano], 32, 8, p_bright=1.0, fov_deg=(60, 90))
+    for i in range(8):
+        assert float(views[i]["image"].max()) > 2 ** 12  # the sun (2^16 x the sky) is in every view
+    random_views = HDRViews([pano], 32, 64, p_bright=0.0, fov_deg=(60, 90))
+    assert sum(float(random_views[i]["image"].max()) > 2 ** 12 for i in range(64)) < 32
