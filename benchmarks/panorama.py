@@ -65,12 +65,15 @@ def consistency(args, base, inpaint, out: Path) -> dict:
                      "pole_bottom": pole_spread(pano)[1], "overlap_mad_mean": float(np.mean(closed.overlap_mad)),
                      "overlap_mad_max": float(np.max(closed.overlap_mad)),
                      "overlap_mad_control_only": float(np.mean(control_only.overlap_mad)),
+                     "boundary": float(np.mean(closed.boundary)), "boundary_control_only": float(
+                         np.mean(control_only.boundary)),
                      "seconds": time.perf_counter() - t})
         print(f"  prompt {i}: seam closed {rows[-1]['seam_closed']:.3f}, naive hard {rows[-1]['seam_naive_hard']:.3f}"
               f" (feathered {rows[-1]['seam_naive_feathered']:.3f}), pole spread top/bottom {rows[-1]['pole_top']:.4f}/"
               f"{rows[-1]['pole_bottom']:.4f}, raw overlap MAD mean {rows[-1]['overlap_mad_mean'] * 255:.1f}/255 "
               f"max {rows[-1]['overlap_mad_max'] * 255:.1f}/255 (control only, no replacement while sampling: "
-              f"{rows[-1]['overlap_mad_control_only'] * 255:.1f}/255) ({rows[-1]['seconds']:.0f} s)", flush=True)
+              f"{rows[-1]['overlap_mad_control_only'] * 255:.1f}/255), overlap boundary ratio {rows[-1]['boundary']:.2f} "
+              f"(control only {rows[-1]['boundary_control_only']:.2f}) ({rows[-1]['seconds']:.0f} s)", flush=True)
         grids += [pano, hard]
         save_image_atomic(torch.stack([(x + 1) / 2 for x in closed.images]), out / f"views_{i}.png", nrow=5,
                           padding=1)

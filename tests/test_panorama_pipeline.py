@@ -102,3 +102,15 @@ def test_bright_views_look_at_the_sun():
         assert float(views[i]["image"].max()) > 2 ** 12  # the sun (2^16 x the sky) is in every view
     random_views = HDRViews([pano], 32, 64, p_bright=0.0, fov_deg=(60, 90))
     assert sum(float(random_views[i]["image"].max()) > 2 ** 12 for i in range(64)) < 32
+
+
+def test_boundary_ratio_sees_a_step_at_the_mask_edge():
+    from lit_edify.panorama.metrics import boundary_ratio
+
+    ramp = torch.linspace(0, 1, 16).view(1, 1, 16).expand(3, 16, 16).clone()
+    known = torch.zeros(1, 16, 16)
+    known[..., :6] = 1
+    assert abs(boundary_ratio(ramp, known) - 1.0) < 1e-5  # the old content continues: no visible edge
+    stepped = ramp.clone()
+    stepped[..., 6:] += 0.3
+    assert abs(boundary_ratio(stepped, known) - (0.3 + 1 / 15) / (1 / 15)) < 1e-4

@@ -22,6 +22,7 @@ import torch
 from lit_edify.nn.controlnet import TASKS
 from lit_edify.panorama.geometry import (View, equirect_directions, equirect_to_perspective, perspective_to_equirect,
                                          view_weight)
+from lit_edify.panorama.metrics import boundary_ratio
 from lit_edify.panorama.plan import assemble, view_plan
 
 __all__ = ["SIZES", "PanoramaViews", "generate_views", "hdr_to_outputs", "inpaint_hint", "inpaint_sampler",
@@ -38,6 +39,7 @@ class PanoramaViews:
     raw: list[Tensor] = field(default_factory=list)  # as sampled, before the known overlap was put back
     known: list[Tensor] = field(default_factory=list)  # (1, h, w) 1 where earlier content was projected in
     overlap_mad: list[float] = field(default_factory=list)  # mean |raw - earlier| over the overlap, [0, 1] units
+    boundary: list[float] = field(default_factory=list)  # boundary_ratio of each view with an overlap
 
 
 def inpaint_hint(image: Tensor, generate: Tensor, task: str) -> Tensor:
@@ -130,6 +132,8 @@ def generate_views(sample, prompt: str, views: list[View], hw: tuple[int, int] =
         img = raw * (1 - known) + content * known if keep_known else raw
         if known.any():
             out.overlap_mad.append(float(((raw - content).abs() * known).sum() / (3 * known.sum()) / 2))
+            if not known.all():
+                out.boundary.append(boundary_ratio(img[0], known[0]))
         out.images.append(img[0])
         out.raw.append(raw[0])
         out.known.append(known[0])
