@@ -12,16 +12,14 @@ from lit_edify.panorama.plan import (assemble, coverage_counts, covered_fraction
                                      ring_lowest_latitude, view_plan)
 
 
-def smooth_pano(h, w):
-    """A smooth function of direction (no seam, no pole singularity), 3 channels."""
-    d = equirect_directions(h, w)
-    x, y, z = d.unbind(-1)
-    return torch.stack([0.5 + 0.3 * x * y + 0.2 * z, 0.4 + 0.3 * (x * x - z) , 0.5 + 0.25 * y * z - 0.2 * x], 0)[None]
-
-
 def field(d):
+    """A smooth function of direction (no seam, no pole singularity), 3 channels: (1, 3, *d.shape[:-1])."""
     x, y, z = d.unbind(-1)
     return torch.stack([0.5 + 0.3 * x * y + 0.2 * z, 0.4 + 0.3 * (x * x - z), 0.5 + 0.25 * y * z - 0.2 * x], 0)[None]
+
+
+def smooth_pano(h, w):
+    return field(equirect_directions(h, w))
 
 
 def test_directions_round_trip_and_conventions():
