@@ -178,9 +178,9 @@ def sample_main(argv: list[str]) -> int:
     check_sample_args(parser, a)
     check_control_args(parser, a)
     base = load_frozen_base(a.ckpt).to(a.device) if a.control else load_module(a.ckpt, a.device)
-    if a.personalization:  # in place; the base keeps its weights hash, so its ControlNets still attach
-        from lit_edify.personalization import apply_personalization
-        apply_personalization(base, a.personalization)
+    if a.personalization:  # a copy (the frozen base is cached); it keeps its weights hash, so ControlNets attach
+        from lit_edify.personalization import personalized
+        base = personalized(base, a.personalization)
     upsampler = load_module(a.upsampler_ckpt, a.device) if a.upsampler_ckpt else None
     if a.upsampler_personalization:
         if upsampler is None:

@@ -23,12 +23,16 @@ from torch import nn
 from lit_edify.io import atomic_path
 
 __all__ = ["PATTERNS", "PersonalizationError", "apply_personalization", "expand_patterns", "freeze_except",
-           "read_personalization", "select_parameters", "trainable_fraction", "write_personalization"]
+           "personalized", "read_personalization", "select_parameters", "trainable_fraction",
+           "write_personalization"]
 
 #: named pattern sets; ``crossattn_kv`` is the default (custom-diffusion's ``crossattn_kv``)
 PATTERNS: dict[str, tuple[str, ...]] = {
     "crossattn_kv": (r"(^|\.)attn\.kv\.",),
     "crossattn": (r"(^|\.)attn\.(norm_cross|q|kv|proj_cross)\.",),
+    # the cross-attention plus the whole decoder path (61% of the tiny U-Net): what the tiny 32 px model needs to
+    # draw a new shape or texture, whose cross-attention sits only at 4x4 and 2x2 features (README: Personalization)
+    "crossattn_decoder": (r"(^|\.)attn\.(norm_cross|q|kv|proj_cross)\.", r"^dec\.", r"^norm_out\.", r"^conv_out\."),
 }
 FORMAT = "lit-edify-personalization-1"
 
@@ -151,3 +155,15 @@ def apply_personalization(module: nn.Module, path: str | Path) -> dict:
     module.lit_edify_sha256 = sha
     module.lit_edify_personalization = str(path)
     return meta
+
+
+def personalized(module: nn.Module, path: str | Path) -> nn.Module:
+    """A copy of ``module`` with the personalization file applied (:func:`apply_personalization`); ``module`` itself
+    (e.g. the per-process cached base of ``load_frozen_base``) is left untouched. The frozen text encoder, kept
+    outside the module tree, is shared rather than copied."""
+    import copy
+
+    encoder = getattr(module, "_text_encoder", None)
+    out = copy.deepcopy(module, memo={id(encoder): encoder} if encoder is not None else None)
+    apply_personalization(out, path)
+    return out

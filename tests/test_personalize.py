@@ -181,3 +181,38 @@ def test_prior_images_are_generated_once_cached_and_mixed_at_the_ratio(base_ckpt
     _fit(module, steps=1)
     frozen = [k for k in before if k[4:] not in module.trainable_names]
     assert all(torch.equal(before[k], module.state_dict()[k]) for k in frozen)
+
+
+def test_sample_applies_the_file_with_a_frozen_controlnet_and_leaves_the_cached_base_alone(base_ckpt, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from lit_edify.cli import main
+    from lit_edify.modules.controlnet import ControlNetModule
+    from lit_edify.personalization import write_personalization
+
+    module = Personalize(base_ckpt, concepts=["zorb"])
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n in module.trainable_names:
+            p = module.net.get_parameter(n)
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    file = tmp_path / "zorb.safetensors"
+    write_personalization(file, module.trained_state(), base_sha256=module.hparams.base_sha256, concepts=["zorb"],
+                          patterns=["crossattn_kv"])
+    cn = ControlNetModule(base_ckpt, hint="canny")
+    with torch.no_grad():
+        for p in cn.controlnet.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    cn_ckpt = save_module(cn, tmp_path / "canny.ckpt")
+    edges = np.zeros((16, 16, 3), np.uint8)
+    edges[4, 4:12] = edges[11, 4:12] = edges[4:12, 4] = edges[4:12, 11] = 255
+    Image.fromarray(edges).save(tmp_path / "edges.png")
+    args = ["sample", "--ckpt", base_ckpt, "--prompt", "a red zorb", "--control", f"canny={tmp_path / 'edges.png'}",
+            "--controlnet-ckpt", cn_ckpt, "--steps", "3", "--out"]
+    outs = []
+    for name, extra in (("a", []), ("b", ["--personalization", str(file)]), ("c", [])):
+        assert main(args + [str(tmp_path / name)] + extra) == 0
+        outs.append(np.asarray(Image.open(tmp_path / name / "000.png"), dtype=np.int16))
+    assert np.array_equal(outs[0], outs[2])  # the base cached by the first run is still the plain base
+    assert np.abs(outs[0] - outs[1]).max() > 0  # the finetuned key/value projections change the image

@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     check_args(p, a)
     base = load_frozen_base(a.ckpt).to(a.device)
-    if a.personalization:  # in place; the base keeps its weights hash, so the inpainting ControlNet still attaches
-        from lit_edify.personalization import apply_personalization
-        apply_personalization(base, a.personalization)
+    if a.personalization:  # a copy that keeps the base's weights hash, so the inpainting ControlNet still attaches
+        from lit_edify.personalization import personalized
+        base = personalized(base, a.personalization)
     inpaint = load_controlnet(a.inpaint_ckpt, base, a.device)
     if inpaint.controlnet.hint_channels != 7:
         raise CheckpointError(f"--inpaint-ckpt {a.inpaint_ckpt} is a {inpaint.hparams.hint} ControlNet; the "
