@@ -112,6 +112,8 @@ def test_training_learns_the_sun_and_checkpoint_round_trip(tmp_path):
                         enable_model_summary=False)
     trainer.fit(model, torch.utils.data.DataLoader([{"image": h} for h in hdr], batch_size=4))
     trainer.save_checkpoint(tmp_path / "m.ckpt")
+    hp = torch.load(tmp_path / "m.ckpt", weights_only=True)["hyper_parameters"]
+    assert hp["_class_path"] == "lit_edify.modules.ldr2hdr.LDR2HDR"  # LightningCLI --ckpt_path resume needs it
     back = load_module(tmp_path / "m.ckpt")
     with torch.no_grad():
         assert torch.equal(back(ldr), model(ldr))

@@ -142,7 +142,9 @@ class LDR2HDR(L.LightningModule):
                  camera: dict | None = None, optim: OptimConfig | dict | None = None, seed: int = 0):
         super().__init__()
         optim = OptimConfig(**optim) if isinstance(optim, dict) else (optim or OptimConfig(lr=2e-3, warmup_steps=50))
-        self.save_hyperparameters({"width": width, "high_width": high_width, "tau": tau, "low_weight": low_weight,
+        # _class_path: LightningCLI's --ckpt_path (resume) rebuilds the module from these; loaders drop "_" keys
+        self.save_hyperparameters({"_class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+                                   "width": width, "high_width": high_width, "tau": tau, "low_weight": low_weight,
                                    "camera": dict(camera or {}), "optim": asdict(optim), "seed": seed})
         self.optim = optim
         self.camera = VirtualCamera(**(camera or {}))
