@@ -144,14 +144,17 @@ def main() -> None:
     # seams: 512 px outputs from 128 px tiles, held-out crops at the 4K scale of a 512 px image
     big = held_out_crops(a.root, 512, 512, 1)[:1]
     low = down(big, 4)
-    seams = {}
+    seams, grid = {}, model.tile_multiple()
+    rows_, cols_ = TiledDenoiser(None, 128, 32, grid).edges(512, 512)
     for blend in (True, False):
         y = model.upsample(low, steps=a.steps, tile=128, tile_overlap=32, blend=blend)
-        rows_, cols_ = TiledDenoiser(None, 128, 32, model.tile_multiple()).edges(512, 512)
-        seams[blend] = seam_ratio(y, rows_, cols_)
+        seams[blend] = seam_ratio(y, rows_, cols_, period=grid)
         save_image_atomic((y + 1) / 2, out_dir / f"seams_{'blended' if blend else 'unblended'}.png")
+        print(f"seams {'blended' if blend else 'unblended'}: ratio {seams[blend]:.3f} against pairs on the same "
+              f"{grid} px grid ({seam_ratio(y, rows_, cols_):.3f} against all pairs, which counts the network's "
+              "4 px blocks)")
     print(f"seams (512 px from 128 px tiles, overlap 32): blended {seams[True]:.3f}  unblended {seams[False]:.3f}"
-          f"  real crops {seam_ratio(big, rows_, cols_):.3f}")
+          f"  real crop {seam_ratio(big, rows_, cols_, period=grid):.3f}")
 
     # memory and time per output size at one tile size, each in a fresh process
     sizes = [int(s) for s in a.mem_sizes.split(",")]

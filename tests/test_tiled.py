@@ -71,6 +71,9 @@ def test_seam_ratio_measures_a_step_at_the_border():
     img += 0.1 * torch.arange(8.0)  # smooth ramp along W, so interior differences are 0.1
     assert seam_ratio(img, [], [4]) == pytest.approx(1.1 / (0.1 * 6 * 8 / (6 * 8 + 7 * 8)), rel=1e-5)
     assert tile_edges(512, 128, 32, 16) == [96, 128, 192, 224, 288, 320, 384, 416]
+    blocks = torch.arange(16.0).repeat_interleave(4).view(1, 1, 1, 64).expand(1, 1, 8, 64) % 2  # 4 px blocks
+    assert seam_ratio(blocks, [], [16, 32]) > 3  # every 4th pair jumps: block edges look like seams...
+    assert seam_ratio(blocks, [], [16, 32], period=16) == pytest.approx(1.0)  # ...unless compared in phase
 
 
 def test_positional_encoding_in_global_coordinates():

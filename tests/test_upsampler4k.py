@@ -36,6 +36,11 @@ def up1k_ckpt(tiny_base_kwargs, tmp_path_factory):
     return save_module(up1k, tmp_path_factory.mktemp("up1k") / "up1k.ckpt")
 
 
+def test_needs_a_1k_checkpoint_or_saved_groups():
+    with pytest.raises(ValueError, match="needs upsampler_ckpt"):
+        Upsampler4K()
+
+
 def test_noise_range_rescaled_by_the_factor_per_resolution_rule(up1k_ckpt):
     src = load_module(up1k_ckpt)
     m = Upsampler4K(up1k_ckpt, tile=64, tile_overlap=16)
@@ -78,6 +83,7 @@ def test_base_and_controlnet_both_train_and_the_checkpoint_is_self_contained(up1
     assert any(k.startswith("controlnet.hint_block") for k in changed)
     path = save_module(m, tmp_path / "up4k.ckpt")
     assert m.hparams["upsampler_ckpt"] is None  # rebuilt from its own groups, not from the 1K file
+    assert m.hparams["_class_path"] == class_path(Upsampler4K)  # what LightningCLI's --ckpt_path resume parses
     again = load_module(path)
     x, s = torch.randn(1, 3, 64, 64), torch.tensor([1.0])
     ctx, mask = m.encode_conditions([""], drop=False)

@@ -65,8 +65,9 @@ class Upsampler4K(LaplacianDiffusionMixin, L.LightningModule):
 
     Args:
         upsampler_ckpt: the trained 1K upsampler (``.ckpt`` / ``.safetensors``) to start from; its U-Net,
-            embedder and conditioning are copied and its noise range rescaled by ``factor``. None: build from the
-            ``net`` / ``noise`` / ``conditioning`` groups (what a saved Upsampler4K checkpoint holds).
+            embedder and conditioning are copied and its noise range rescaled by ``factor`` (the groups given are
+            then ignored). None: build from the ``net`` / ``noise`` / ``conditioning`` groups (what a saved
+            Upsampler4K checkpoint holds).
         factor: resolution ratio to the input (4: 1K -> 4K).
         optim, sampling: AdamW with warmup; sampling defaults (steps, solver; guidance is not used: there is no
             text prompt to guide on).
@@ -77,8 +78,8 @@ class Upsampler4K(LaplacianDiffusionMixin, L.LightningModule):
             memory; the paper-scale recipe turns it on).
     """
 
-    def __init__(self, upsampler_ckpt: str | None = None, factor: int = 4, net: NetConfig | None = None,
-                 noise: NoiseConfig | None = None, conditioning: ConditioningConfig | None = None,
+    def __init__(self, upsampler_ckpt: str | None = None, factor: int = 4, net: NetConfig = NetConfig(),
+                 noise: NoiseConfig = NoiseConfig(), conditioning: ConditioningConfig = ConditioningConfig(),
                  optim: OptimConfig = OptimConfig(lr=1e-4, weight_decay=0.0, warmup_steps=100),
                  sampling: SamplingConfig = SamplingConfig(steps=16, guidance=1.0), hint_hidden: int | None = None,
                  recon_guidance: float = 1.0, recon_window: tuple[float, float] | None = None, tile: int = 1024,
@@ -89,7 +90,7 @@ class Upsampler4K(LaplacianDiffusionMixin, L.LightningModule):
             source = _load_1k(upsampler_ckpt)
             net, conditioning = source.cfg.net, source.cfg.conditioning
             noise = rescale_noise(source.cfg.noise, factor)
-        elif noise is None:
+        elif coerce(NoiseConfig, noise) == NoiseConfig():  # (typed groups, not Optional: LightningCLI resumes)
             raise ValueError("Upsampler4K needs upsampler_ckpt (the trained 1K upsampler to start from) or the "
                              "net/noise/conditioning groups of a saved Upsampler4K")
         if recon_guidance < 0:
@@ -97,8 +98,10 @@ class Upsampler4K(LaplacianDiffusionMixin, L.LightningModule):
         cfg = DiffusionConfig(coerce(NetConfig, net), coerce(NoiseConfig, noise),
                               coerce(ConditioningConfig, conditioning), coerce(OptimConfig, optim),
                               coerce(SamplingConfig, sampling))
-        # A saved checkpoint is self-contained: the derived groups, not the 1K file, rebuild it.
-        self.save_hyperparameters({"upsampler_ckpt": None, "factor": factor, **cfg.hparams(),
+        # A saved checkpoint is self-contained: the derived groups, not the 1K file, rebuild it. "_class_path" lets
+        # LightningCLI resume from it (--ckpt_path); the safe loader ignores "_" keys.
+        self.save_hyperparameters({"_class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+                                   "upsampler_ckpt": None, "factor": factor, **cfg.hparams(),
                                    "hint_hidden": hint_hidden, "recon_guidance": recon_guidance,
                                    "recon_window": recon_window, "tile": tile, "tile_overlap": tile_overlap,
                                    "activation_checkpointing": activation_checkpointing})
