@@ -7,8 +7,9 @@ reads it (no validation split) and refuses a folder with fewer than 2 usable ima
 For CPU-scale experiments the shapes renderer has two concepts the base never sees (``shapes_render``):
 the shape :data:`CONCEPT_SHAPE` ("zorb", a plus-shaped cross) and the style :data:`CONCEPT_STYLE` ("vexa", dark
 diagonal hatch stripes over the objects). :func:`concept_scenes` draws the training scenes of a concept from a
-restricted set of colours and backgrounds; :func:`heldout_concept_prompts` draws prompts with the *other* colours
-and backgrounds, so that drawing the concept there is generalisation, not recall of a training image.
+restricted set of colours and backgrounds; :func:`heldout_concept_prompts` draws prompts with the colours and
+backgrounds that no concept trains on, so that drawing the concept there is generalisation, not recall of a
+training image, and only the concept's name tells the two concepts apart.
 """
 from __future__ import annotations
 
@@ -26,10 +27,12 @@ from .shapes_render import (BACKGROUND_COLORS, CONCEPT_SHAPE, CONCEPT_STYLE, OBJ
 __all__ = ["CONCEPTS", "ConceptFolderDataModule", "concept_scenes", "heldout_concept_prompts",
            "write_concept_folder"]
 
-#: concept -> (training colours, training backgrounds, shapes); held-out prompts use the other colours / backgrounds
+#: concept -> (training colours, training backgrounds, shapes). Held-out prompts use the colours and backgrounds no
+#: concept trains on (yellow, cyan; white, brown), so that neither a colour nor a background points to one concept:
+#: only the concept's name does.
 CONCEPTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
-    CONCEPT_SHAPE: (("red", "blue"), ("grey", "white"), (CONCEPT_SHAPE,)),
-    CONCEPT_STYLE: (("green", "magenta"), ("black", "brown"), SHAPES),
+    CONCEPT_SHAPE: (("red", "blue"), ("grey", "black"), (CONCEPT_SHAPE,)),
+    CONCEPT_STYLE: (("green", "magenta"), ("grey", "black"), SHAPES),
 }
 
 
@@ -49,12 +52,12 @@ def concept_scenes(concept: str, n: int = 8, seed: int = 0) -> list[ShapeScene]:
 
 
 def heldout_concept_prompts(concept: str, n: int = 16, seed: int = 0) -> list[dict[str, Any]]:
-    """``n`` prompts naming ``concept`` with colours and backgrounds none of its training images has.
+    """``n`` prompts naming ``concept`` with colours and backgrounds no concept's training images have.
 
     Returns dicts with ``caption`` (long caption), ``color``, ``shape``, ``background``, ``style`` and ``scene``."""
-    colors, backgrounds, shapes = CONCEPTS[concept]
-    colors = tuple(c for c in OBJECT_COLORS if c not in colors)
-    backgrounds = tuple(b for b in BACKGROUND_COLORS if b not in backgrounds)
+    shapes = CONCEPTS[concept][2]
+    colors = tuple(c for c in OBJECT_COLORS if all(c not in cs for cs, _, _ in CONCEPTS.values()))
+    backgrounds = tuple(b for b in BACKGROUND_COLORS if all(b not in bs for _, bs, _ in CONCEPTS.values()))
     out = []
     for i in range(n):
         scene = _scene(np.random.default_rng([seed, 7_002, i]), concept, colors, backgrounds, shapes, i)
