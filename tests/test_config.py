@@ -74,3 +74,24 @@ def test_checkpoints_with_flat_hparams_still_load(tiny_base_kwargs, tmp_path):
         with torch.no_grad():
             assert torch.equal(model.denoise(x, sigma, ctx, mask), loaded.denoise(x, sigma, ctx, mask))
     assert loaded.cfg.optim.fused is False and loaded.cfg.sampling.guidance == 1.5 and loaded.hparams.factor == 2
+
+
+def test_cli_resume_with_ckpt_path_rebuilds_the_module_from_its_checkpoint(tmp_path):
+    """`lit-edify fit ... --ckpt_path last.ckpt` (what the SLURM script runs): LightningCLI re-parses the model from
+    the checkpoint's hyper-parameters, which must name the class and hold the nested groups."""
+    from test_cli import TINY  # tests/ is on sys.path under pytest
+
+    from lit_edify.cli import main
+
+    root, every_step = tmp_path / "run", tmp_path / "ckpt.yaml"
+    every_step.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+                          "      init_args: {every_n_train_steps: 1, save_last: true}\n")
+    common = [*TINY, "--config", str(every_step), "--trainer.default_root_dir", str(root), "--trainer.logger", "false"]
+    assert main(["fit", *common, "--trainer.max_steps", "2"]) == 0
+    ckpt = next(root.rglob("last.ckpt"))
+    hp = torch.load(ckpt, weights_only=True)["hyper_parameters"]
+    assert hp["_class_path"] == "lit_edify.modules.base.BaseModel" and hp["noise"]["resolution"] == 16
+    ckpt = ckpt.rename(ckpt.with_name("step2.ckpt"))
+    assert main(["fit", *common, "--trainer.max_steps", "3", "--ckpt_path", str(ckpt)]) == 0
+    resumed = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 3 and resumed["hyper_parameters"]["noise"] == hp["noise"]

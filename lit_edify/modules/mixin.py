@@ -92,8 +92,13 @@ class LaplacianDiffusionMixin:
         get_solver(cfg.sampling.solver)  # an unknown solver fails now, not after training
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Record the module class so ``lit_edify.pipelines.text2image.load_module`` can rebuild it."""
-        checkpoint["lit_edify_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        """Record the module class so ``lit_edify.pipelines.checkpoints.load_module`` can rebuild it, also as the
+        hyper-parameters' ``_class_path``: LightningCLI's ``fit --ckpt_path`` (resume) re-parses the model from
+        them (our loaders ignore ``_`` keys)."""
+        name = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["lit_edify_class"] = name
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"]["_class_path"] = name
 
     # ----------------------------------------------------------------------------------- conditioning
     def _labels(self, values, batch_size: int) -> Tensor:
