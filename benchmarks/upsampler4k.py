@@ -132,7 +132,8 @@ def main() -> None:
         start = time.perf_counter()
         rows[f"w_r={w:g}"] = model.upsample(x_low, steps=a.steps, recon_guidance=w, tile=256)
         print(f"  w_r={w:g}: {time.perf_counter() - start:.1f} s")
-    print(f"detail energy: real {e_real:.5f}  bicubic {e_bic:.5f}")
+    rows["w_r=1+fix"] = model.upsample(x_low, steps=a.steps, recon_guidance=1.0, tile=256, restore_low=True)
+    print(f"detail energy: real {e_real:.5f}  bicubic {e_bic:.5f}  (w_r=1+fix: colour fix restore_low=True)")
     for name, y in rows.items():
         print(f"{name:8s} psnr_down_db={psnr(down(y, 4), x_low):.2f} colour_drift_8bit={colour_drift(y, x_low):.2f} "
               f"detail_energy={detail_energy(y):.5f} detail_vs_real={detail_energy(y) / e_real:.2f}")

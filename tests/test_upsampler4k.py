@@ -103,6 +103,9 @@ def test_upsample_shapes_one_tile_equals_untiled_and_guidance_pulls_toward_the_i
     err = [(down(m.upsample(low, steps=3, tile=32, tile_overlap=16, recon_guidance=w), 4) - low).square().mean()
            for w in (0.0, 4.0)]
     assert err[1] < err[0]
+    drift = [(down(m.upsample(low, steps=3, recon_guidance=0.0, restore_low=r), 4).mean((-2, -1))
+              - low.mean((-2, -1))).abs().max() for r in (False, True)]
+    assert drift[1] < 0.2 * drift[0]  # the colour fix puts the input's colours back
 
 
 # ------------------------------------------------------------------------------------------------- data

@@ -58,6 +58,9 @@ def add_upsampler4k_arguments(p: argparse.ArgumentParser, prefix: str = "upsampl
                    help="tile side in output pixels (memory is set by the tile; default: the model's)")
     p.add_argument(f"--{prefix}overlap", type=int, default=None, help="tile overlap in output pixels")
     p.add_argument(f"--{prefix}steps", type=positive_int, default=None, help="solver steps (default: the model's)")
+    p.add_argument(f"--{prefix}restore-low", action="store_true",
+                   help="colour fix: afterwards, add the bicubically upsampled difference between the input and the "
+                        "downsampled output, so colours and low frequencies are the input's")
 
 
 def check_output(path: Path) -> None:
@@ -137,7 +140,7 @@ def check_size(h: int, w: int, model) -> None:
 
 def upsample_array(model, rgb: np.ndarray, *, seed: int = 0, steps: int | None = None,
                    recon_guidance: float | None = None, tile: int | None = None, overlap: int | None = None,
-                   progress=None) -> np.ndarray:
+                   restore_low: bool = False, progress=None) -> np.ndarray:
     """rgb (h, w, 3) float in [0, 1] -> (f h, f w, 3) float in [0, 1]; reflect-pads sides to the model's grid."""
     f, m = model.factor, model.tile_multiple() // model.factor
     h, w = rgb.shape[:2]
@@ -146,7 +149,7 @@ def upsample_array(model, rgb: np.ndarray, *, seed: int = 0, steps: int | None =
     if ph or pw:
         x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
     y = model.upsample(x, seed=seed, steps=steps, recon_guidance=recon_guidance, tile=tile, tile_overlap=overlap,
-                       progress=progress)
+                       restore_low=restore_low, progress=progress)
     return ((y[0, :, :h * f, :w * f].permute(1, 2, 0).cpu().numpy() + 1) / 2).clip(0, 1)
 
 
@@ -178,7 +181,8 @@ def main(argv: list[str]) -> int:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     y = upsample_array(model, rgb, seed=a.seed, steps=a.steps, recon_guidance=a.recon_guidance, tile=a.tile,
-                       overlap=a.overlap, progress=lambda it: track(it, description="upsampling", transient=True))
+                       overlap=a.overlap, restore_low=a.restore_low,
+                       progress=lambda it: track(it, description="upsampling", transient=True))
     if alpha is not None:
         alpha = cv2.resize(alpha, (y.shape[1], y.shape[0]), interpolation=cv2.INTER_CUBIC).clip(0, 1)
     write_image(out, y, alpha, depth)
@@ -202,4 +206,5 @@ def upsample_images(a: argparse.Namespace, images: torch.Tensor, progress=None) 
         raise ValueError(f"images of {tuple(images.shape[-2:])} px are not multiples of {m}, the 4K model's input "
                          "grid; use `lit-edify upsample` on the saved PNGs (it pads)")
     return model.upsample(images, seed=a.seed, steps=a.upsampler4k_steps, recon_guidance=a.upsampler4k_recon_guidance,
-                          tile=a.upsampler4k_tile, tile_overlap=a.upsampler4k_overlap, progress=progress)
+                          tile=a.upsampler4k_tile, tile_overlap=a.upsampler4k_overlap,
+                          restore_low=a.upsampler4k_restore_low, progress=progress)

@@ -19,6 +19,7 @@ from dataclasses import replace
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
 from lit_edify.diffusion.edm import denoising_loss, precondition, sample_sigmas
@@ -154,10 +155,12 @@ class Upsampler4K(LaplacianDiffusionMixin, L.LightningModule):
     def upsample(self, x_low: Tensor, *, seed: int = 0, steps: int | None = None, solver: str | None = None,
                  recon_guidance: float | None = None, recon_window: tuple[float, float] | None = None,
                  tile: int | None = None, tile_overlap: int | None = None, blend: bool = True,
-                 progress=None) -> Tensor:
+                 restore_low: bool = False, progress=None) -> Tensor:
         """x_low (N, 3, h, w) in [-1, 1], h and w multiples of ``tile_multiple() / factor`` -> (N, 3, f h, f w) in
         [-1, 1]. The cascade entry ``up(x_low) + sigma_max eps``, then the solver with reconstruction guidance
         on tiled, blended denoiser calls (``blend=False``: each tile overwrites its neighbours, only to show seams).
+        ``restore_low`` (the usual colour fix of tiled upscalers, off by default) adds the bicubically upsampled
+        residual ``x_low - down(output)`` afterwards, so the output's low frequencies (colours) are the input's.
         Defaults come from the hyper-parameters; deterministic given seed."""
         hp, f = self.hparams, self.factor
         x_low = x_low.to(self.device, torch.float32)
@@ -178,6 +181,8 @@ class Upsampler4K(LaplacianDiffusionMixin, L.LightningModule):
         g = torch.Generator(device=self.device).manual_seed(seed)
         x = sample_plan([st], (n, 3, h * f, w * f), "cascade", solver or self.cfg.sampling.solver, generator=g,
                         device=self.device, progress=progress, x_low=x_low)
+        if restore_low:
+            x = x + F.interpolate(x_low - down(x, f), scale_factor=f, mode="bicubic", align_corners=False)
         return x.clamp(-1, 1)
 
     def generate(self, captions, **kw) -> Tensor:
