@@ -83,7 +83,9 @@ def test_base_and_controlnet_both_train_and_the_checkpoint_is_self_contained(up1
     assert any(k.startswith("controlnet.hint_block") for k in changed)
     path = save_module(m, tmp_path / "up4k.ckpt")
     assert m.hparams["upsampler_ckpt"] is None  # rebuilt from its own groups, not from the 1K file
-    assert m.hparams["_class_path"] == class_path(Upsampler4K)  # what LightningCLI's --ckpt_path resume parses
+    saved = {"hyper_parameters": dict(m.hparams)}
+    m.on_save_checkpoint(saved)
+    assert saved["hyper_parameters"]["_class_path"] == class_path(Upsampler4K)  # what --ckpt_path resume parses
     again = load_module(path)
     x, s = torch.randn(1, 3, 64, 64), torch.tensor([1.0])
     ctx, mask = m.encode_conditions([""], drop=False)

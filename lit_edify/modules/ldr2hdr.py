@@ -29,7 +29,7 @@ from torch import nn
 
 from lit_edify.modules.config import OptimConfig
 from lit_edify.modules.mixin import adamw_with_warmup
-from lit_edify.modules.registry import register
+from lit_edify.modules.registry import record_class, register
 from lit_edify.panorama.camera import LOG_EPS, VirtualCamera, hdr_metrics, inverse_crf, srgb_decode
 
 __all__ = ["LDR2HDR", "LDR2HDRNet", "tiled_hdr"]
@@ -142,9 +142,7 @@ class LDR2HDR(L.LightningModule):
                  camera: dict | None = None, optim: OptimConfig | dict | None = None, seed: int = 0):
         super().__init__()
         optim = OptimConfig(**optim) if isinstance(optim, dict) else (optim or OptimConfig(lr=2e-3, warmup_steps=50))
-        # _class_path: LightningCLI's --ckpt_path (resume) rebuilds the module from these; loaders drop "_" keys
-        self.save_hyperparameters({"_class_path": f"{type(self).__module__}.{type(self).__qualname__}",
-                                   "width": width, "high_width": high_width, "tau": tau, "low_weight": low_weight,
+        self.save_hyperparameters({"width": width, "high_width": high_width, "tau": tau, "low_weight": low_weight,
                                    "camera": dict(camera or {}), "optim": asdict(optim), "seed": seed})
         self.optim = optim
         self.camera = VirtualCamera(**(camera or {}))
@@ -190,7 +188,7 @@ class LDR2HDR(L.LightningModule):
         return adamw_with_warmup([{"params": list(self.net.parameters())}], self.optim)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["lit_edify_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        record_class(self, checkpoint)
 
     @torch.no_grad()
     def to_hdr(self, ldr: Tensor, tile: int = 512, halo: int = 128, wrap_x: bool = True, progress=None) -> Tensor:

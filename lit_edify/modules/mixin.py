@@ -27,6 +27,7 @@ from lit_edify.nn.conditioning import ConditionEmbedder, TextEncoder
 from lit_edify.nn.presets import build_unet
 
 from .config import DiffusionConfig, OptimConfig
+from .registry import record_class
 
 Tensor = torch.Tensor
 LABELS = ("pitch", "dof", "media_type")
@@ -92,13 +93,8 @@ class LaplacianDiffusionMixin:
         get_solver(cfg.sampling.solver)  # an unknown solver fails now, not after training
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Record the module class so ``lit_edify.pipelines.checkpoints.load_module`` can rebuild it, also as the
-        hyper-parameters' ``_class_path``: LightningCLI's ``fit --ckpt_path`` (resume) re-parses the model from
-        them (our loaders ignore ``_`` keys)."""
-        name = f"{type(self).__module__}.{type(self).__qualname__}"
-        checkpoint["lit_edify_class"] = name
-        if "hyper_parameters" in checkpoint:
-            checkpoint["hyper_parameters"]["_class_path"] = name
+        """Record the module class for the safe loader and LightningCLI's resume (:func:`registry.record_class`)."""
+        record_class(self, checkpoint)
 
     # ----------------------------------------------------------------------------------- conditioning
     def _labels(self, values, batch_size: int) -> Tensor:

@@ -8,7 +8,7 @@ file naming ``os.system`` or ``torch.nn.Linear`` never gets called. A new module
 """
 from __future__ import annotations
 
-__all__ = ["MODULES", "class_path", "module_class", "register"]
+__all__ = ["MODULES", "class_path", "module_class", "record_class", "register"]
 
 #: class path -> LightningModule class of every module a checkpoint may instantiate
 MODULES: dict[str, type] = {}
@@ -17,6 +17,15 @@ MODULES: dict[str, type] = {}
 def class_path(cls: type) -> str:
     """The name a checkpoint stores for ``cls``: ``"<module>.<qualname>"``."""
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def record_class(module, checkpoint: dict) -> None:
+    """``on_save_checkpoint`` of every module: the class as ``lit_edify_class`` (what our safe loader reads) and as
+    the hyper-parameters' ``_class_path`` (LightningCLI's ``fit --ckpt_path`` resume re-parses the model from the
+    hyper-parameters; our loaders ignore ``_`` keys)."""
+    checkpoint["lit_edify_class"] = class_path(type(module))
+    if "hyper_parameters" in checkpoint:
+        checkpoint["hyper_parameters"]["_class_path"] = class_path(type(module))
 
 
 def register(cls: type) -> type:

@@ -99,10 +99,8 @@ class Upsampler4K(LaplacianDiffusionMixin, L.LightningModule):
         cfg = DiffusionConfig(coerce(NetConfig, net), coerce(NoiseConfig, noise),
                               coerce(ConditioningConfig, conditioning), coerce(OptimConfig, optim),
                               coerce(SamplingConfig, sampling))
-        # A saved checkpoint is self-contained: the derived groups, not the 1K file, rebuild it. "_class_path" lets
-        # LightningCLI resume from it (--ckpt_path); the safe loader ignores "_" keys.
-        self.save_hyperparameters({"_class_path": f"{type(self).__module__}.{type(self).__qualname__}",
-                                   "upsampler_ckpt": None, "factor": factor, **cfg.hparams(),
+        # A saved checkpoint is self-contained: the derived groups, not the 1K file, rebuild it.
+        self.save_hyperparameters({"upsampler_ckpt": None, "factor": factor, **cfg.hparams(),
                                    "hint_hidden": hint_hidden, "recon_guidance": recon_guidance,
                                    "recon_window": recon_window, "tile": tile, "tile_overlap": tile_overlap,
                                    "activation_checkpointing": activation_checkpointing})
