@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lit_edify.benchmark import run_in_child  # noqa: E402 (after the path set-up)
+from lit_edify.benchmark import fit_recipe, run_in_child  # noqa: E402 (after the path set-up)
 
 WEIGHTS = (0.0, 0.5, 1.0, 1.5)
 HINTS = ("canny", "depth", "inpaint")
@@ -47,25 +46,8 @@ HINTS = ("canny", "depth", "inpaint")
 def train(hint: str, out: Path, base: str, max_steps: int | None, minutes: float, threads: int) -> dict:
     """``lit-edify fit`` of the tiny recipe for ``hint`` in this process; returns wall seconds and the checkpoint."""
     torch.set_num_threads(threads)
-    from lit_edify.cli import build_cli
-
-    run = out / hint
-    args = ["--config", str(ROOT / f"recipes/tiny/controlnet_{hint}.yaml"), "--model.init_args.base_ckpt", base,
-            "--trainer.max_time", f"00:00:{int(minutes):02d}:{int(60 * (minutes % 1)):02d}",
-            "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run),
-            "--trainer.enable_progress_bar", "false"]
-    if max_steps is not None:
-        args += ["--trainer.max_steps", str(max_steps)]
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        cli = build_cli(args, run=False)
-    finally:
-        sys.argv = argv
-    t0 = time.perf_counter()
-    cli.trainer.fit(cli.model, cli.datamodule)
-    seconds = time.perf_counter() - t0
-    ckpt = run / "final.ckpt"
-    cli.trainer.save_checkpoint(ckpt)  # EMA weights as state_dict (lit_edify.callbacks.ema)
+    args = ["--config", str(ROOT / f"recipes/tiny/controlnet_{hint}.yaml"), "--model.init_args.base_ckpt", base]
+    cli, seconds, ckpt = fit_recipe(args, out / hint, minutes, max_steps)
     return {"seconds": seconds, "steps": cli.trainer.global_step, "ckpt": str(ckpt)}
 
 

@@ -31,7 +31,6 @@ import argparse
 import copy
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from controlnet_adherence import edge_f1, save_grid  # noqa: E402 (after the path set-up)
 
-from lit_edify.benchmark import run_in_child  # noqa: E402
+from lit_edify.benchmark import fit_recipe, run_in_child  # noqa: E402
 
 RECIPE = ROOT / "recipes/tiny/personalize.yaml"
 CONCEPTS = ("zorb", "vexa")
@@ -54,26 +53,10 @@ def train(out: Path, base: str, data: str, prior: bool, max_steps: int | None, m
           extra: list[str]) -> dict:
     """``lit-edify fit`` of the tiny recipe in this process; returns wall seconds, steps and the checkpoint."""
     torch.set_num_threads(threads)
-    from lit_edify.cli import build_cli
-
     args = ["--config", str(RECIPE), "--model.init_args.base_ckpt", base, "--data.init_args.root", data,
-            "--model.init_args.prior_cache", str(out.parent / "prior_images.safetensors"),
-            "--trainer.max_time", f"00:00:{int(minutes):02d}:{int(60 * (minutes % 1)):02d}",
-            "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
-            "--trainer.enable_progress_bar", "false", *extra]
-    args += ["--model.init_args.prior_images", str(PRIOR_IMAGES if prior else 0)]
-    if max_steps is not None:
-        args += ["--trainer.max_steps", str(max_steps)]
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        cli = build_cli(args, run=False)
-    finally:
-        sys.argv = argv
-    t0 = time.perf_counter()
-    cli.trainer.fit(cli.model, cli.datamodule)
-    seconds = time.perf_counter() - t0
-    ckpt = out / "final.ckpt"
-    cli.trainer.save_checkpoint(ckpt)
+            "--model.init_args.prior_cache", str(out.parent / "prior_images.safetensors"), *extra,
+            "--model.init_args.prior_images", str(PRIOR_IMAGES if prior else 0)]
+    cli, seconds, ckpt = fit_recipe(args, out, minutes, max_steps)
     return {"seconds": seconds, "steps": cli.trainer.global_step, "ckpt": str(ckpt),
             "trainable_fraction": cli.model.trainable_fraction}
 

@@ -60,6 +60,32 @@ def run_in_child(label: str, target: Callable, *args, start_method: str = "spawn
     return result
 
 
+def fit_recipe(args: list[str], run: Path, minutes: float, max_steps: int | None = None) -> tuple:
+    """Train through the suite's LightningCLI (``args``: recipe and overrides) into ``run`` for at most ``minutes``
+    (and ``max_steps``), without a progress bar; save ``run/final.ckpt`` (EMA weights as ``state_dict`` when the
+    recipe has the EMA callback). Returns (the LightningCLI, training seconds, checkpoint path)."""
+    import sys
+
+    from lit_edify.commands.fit import build_cli
+
+    args = [*args, "--trainer.max_time", f"00:00:{int(minutes):02d}:{int(60 * (minutes % 1)):02d}",
+            "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run),
+            "--trainer.enable_progress_bar", "false"]
+    if max_steps is not None:
+        args += ["--trainer.max_steps", str(max_steps)]
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when both args and a command line are given
+    try:
+        cli = build_cli(args, run=False)
+    finally:
+        sys.argv = argv
+    t0 = time.perf_counter()
+    cli.trainer.fit(cli.model, cli.datamodule)
+    seconds = time.perf_counter() - t0
+    ckpt = run / "final.ckpt"
+    cli.trainer.save_checkpoint(ckpt)
+    return cli, seconds, ckpt
+
+
 def expected_nfe(solver: str, steps: int) -> int:
     """Denoiser evaluations per image of a full single-stage run: steps x nfe_per_step, minus one for Heun
     (its step to sigma = 0 is first order)."""

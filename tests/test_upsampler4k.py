@@ -9,11 +9,11 @@ from PIL import Image
 
 from lit_edify.data_modules.highres import (HighResCrops, HighResDataModule, high_frequency_score, load_scaled,
                                             scan_images)
-from lit_edify.diffusion.laplacian import LaplacianSchedule, down, up
+from lit_edify.diffusion.laplacian import down, up
 from lit_edify.modules.config import flat
 from lit_edify.modules.registry import class_path
 from lit_edify.modules.upsampler import Upsampler
-from lit_edify.modules.upsampler4k import Upsampler4K, rescale_noise
+from lit_edify.modules.upsampler4k import Upsampler4K
 from lit_edify.pipelines.checkpoints import load_module
 
 

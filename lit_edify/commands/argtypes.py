@@ -30,6 +30,14 @@ def finite_float(text: str) -> float:
     return value
 
 
+def check_safetensors_out(parser: argparse.ArgumentParser, out, force: bool) -> None:
+    """``parser.error`` unless ``out`` ends in .safetensors and is free (or ``force`` and not a folder)."""
+    if out.suffix != ".safetensors":
+        parser.error(f"--out {str(out)!r} must end in .safetensors")
+    if out.is_dir() or (out.exists() and not force):
+        parser.error(f"--out {str(out)!r} already exists; pass --force to overwrite it or choose another path")
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one line on stderr, ``<prog>: error: <message> (see <prog>
     --help)``, exit status 2; the usage block is what ``--help`` prints, not a preamble to every error."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lit_edify.commands.argtypes import ArgumentParser
+from lit_edify.commands.argtypes import ArgumentParser, check_safetensors_out
 
 __all__ = ["build_parser", "main"]
 
@@ -31,10 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     out = Path(a.out)
-    if out.suffix != ".safetensors":
-        parser.error(f"--out {str(out)!r} must end in .safetensors")
-    if out.is_dir() or (out.exists() and not a.force):
-        parser.error(f"--out {str(out)!r} already exists; pass --force to overwrite it or choose another path")
+    check_safetensors_out(parser, out, a.force)
     info = export_safetensors(a.ckpt, out)
     weights = "EMA weights" if info["ema"] else "weights (no EMA in this checkpoint)"
     print(f"exported {info['class']} {weights}: {info['tensors']} tensors, {info['parameters']:,} values -> {out}")

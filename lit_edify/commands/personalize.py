@@ -11,7 +11,7 @@ import argparse
 import re
 from pathlib import Path
 
-from lit_edify.commands.argtypes import ArgumentParser
+from lit_edify.commands.argtypes import ArgumentParser, check_safetensors_out
 
 __all__ = ["build_parser", "export_personalization", "main"]
 
@@ -54,10 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     out = Path(a.out)
-    if out.suffix != ".safetensors":
-        parser.error(f"--out {str(out)!r} must end in .safetensors")
-    if out.is_dir() or (out.exists() and not a.force):
-        parser.error(f"--out {str(out)!r} already exists; pass --force to overwrite it or choose another path")
+    check_safetensors_out(parser, out, a.force)
     if not Path(a.ckpt).is_file():
         parser.error(f"--ckpt {a.ckpt!r} not found")
     info = export_personalization(a.ckpt, out)

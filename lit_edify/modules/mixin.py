@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from collections import deque
 from contextlib import contextmanager
-from typing import Sequence
 
 import torch
 from torch import nn
