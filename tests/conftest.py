@@ -8,6 +8,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def save_module(module, path) -> str:
+    """A minimal lit-edify checkpoint (what the safe loader reads) without a Trainer; ``from conftest import
+    save_module`` in a test file (tests/ is on sys.path under pytest)."""
+    from lit_edify.modules.registry import class_path
+
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "lit_edify_class": class_path(type(module))}, path)
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def tiny_base_kwargs():
     """Smallest BaseModel settings that still exercise every code path (16 px, narrow U-Net)."""

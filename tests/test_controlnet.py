@@ -13,19 +13,12 @@ from lit_edify.data_modules.hints import HintDataModule
 from lit_edify.data_modules.shapes import ShapesDataModule
 from lit_edify.modules.base import BaseModel
 from lit_edify.modules.controlnet import BaseMismatchError, ControlNetModule
-from lit_edify.modules.registry import class_path
 from lit_edify.modules.upsampler import Upsampler
 from lit_edify.nn.controlnet import ControlNet, sum_residuals
 from lit_edify.nn.presets import build_unet, count_parameters
 from lit_edify.pipelines.checkpoints import load_module
 from lit_edify.pipelines.controlled import controlled_stage, controlled_text_to_image
-
-
-def save_module(module, path):
-    """A minimal lit-edify checkpoint (what the loader reads) without a Trainer."""
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "lit_edify_class": class_path(type(module))}, path)
-    return str(path)
+from conftest import save_module
 
 
 @pytest.fixture(scope="module")

@@ -10,17 +10,11 @@ from torch.utils.data import DataLoader
 from lit_edify.modules.base import BaseModel
 from lit_edify.modules.controlnet import BaseMismatchError
 from lit_edify.modules.personalize import Personalize
-from lit_edify.modules.registry import class_path
 from lit_edify.nn.presets import build_unet
 from lit_edify.personalization import (PersonalizationError, apply_personalization, read_personalization,
                                        select_parameters, trainable_fraction)
 from lit_edify.pipelines.checkpoints import load_module
-
-
-def save_module(module, path):
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "lit_edify_class": class_path(type(module))}, path)
-    return str(path)
+from conftest import save_module
 
 
 def _base(seed):

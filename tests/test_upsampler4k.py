@@ -15,12 +15,7 @@ from lit_edify.modules.registry import class_path
 from lit_edify.modules.upsampler import Upsampler
 from lit_edify.modules.upsampler4k import Upsampler4K
 from lit_edify.pipelines.checkpoints import load_module
-
-
-def save_module(module, path):
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "lit_edify_class": class_path(type(module))}, path)
-    return str(path)
+from conftest import save_module
 
 
 @pytest.fixture(scope="module")
