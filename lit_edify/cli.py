@@ -17,6 +17,7 @@ the job checkpoints and requeues itself before the time limit (see recipes/slurm
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import unicodedata
@@ -25,7 +26,13 @@ from pathlib import Path
 from lit_edify.commands.argtypes import ArgumentParser, finite_float, positive_int
 from lit_edify.commands.fit import SuiteCLI, build_cli  # noqa: F401 (SuiteCLI: public here too)
 
-PROJECT_COMMANDS = ("quickstart", "sample", "data", "benchmark", "export", "personalize", "upsample", "panorama")
+#: project command -> the module whose ``main(argv)`` runs it (imported on use: each pulls in only what it needs);
+#: ``sample`` is this module's own ``sample_main``
+COMMAND_MODULES = {"quickstart": "lit_edify.quickstart", "data": "lit_edify.data_modules.prepare",
+                   "benchmark": "lit_edify.benchmark", "export": "lit_edify.commands.export",
+                   "personalize": "lit_edify.commands.personalize", "upsample": "lit_edify.commands.upsample",
+                   "panorama": "lit_edify.commands.panorama"}
+PROJECT_COMMANDS = ("sample", *COMMAND_MODULES)
 
 
 def lightning_main(args: list[str] | None = None) -> None:
@@ -66,28 +73,9 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in PROJECT_COMMANDS:
         cmd, rest = argv[0], argv[1:]
-        if cmd == "data":
-            from lit_edify.data_modules.prepare import main as data_main
-            return data_main(rest)
-        if cmd == "quickstart":
-            from lit_edify.quickstart import main as quickstart_main
-            return quickstart_main(rest)
-        if cmd == "benchmark":
-            from lit_edify.benchmark import main as benchmark_main
-            return benchmark_main(rest)
-        if cmd == "export":
-            from lit_edify.commands.export import main as export_main
-            return export_main(rest)
-        if cmd == "personalize":
-            from lit_edify.commands.personalize import main as personalize_main
-            return personalize_main(rest)
-        if cmd == "upsample":
-            from lit_edify.commands.upsample import main as upsample_main
-            return upsample_main(rest)
-        if cmd == "panorama":
-            from lit_edify.commands.panorama import main as panorama_main
-            return panorama_main(rest)
-        return sample_main(rest)
+        if cmd == "sample":
+            return sample_main(rest)
+        return importlib.import_module(COMMAND_MODULES[cmd]).main(rest)
     build_cli(argv)
     return 0
 
