@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_edify.modules.config import OptimConfig
+from lit_edify.modules.config import OptimConfig, coerce
 from lit_edify.modules.mixin import adamw_with_warmup
 from lit_edify.modules.registry import record_class, register
 from lit_edify.panorama.camera import LOG_EPS, VirtualCamera, hdr_metrics, inverse_crf, srgb_decode
@@ -123,6 +123,10 @@ def tiled_hdr(net: LDR2HDRNet, ldr: Tensor, tile: int = 512, halo: int = 128, wr
     return out
 
 
+#: LDR2HDR's optimiser defaults (a group given as a dict updates these)
+OPTIM = OptimConfig(lr=2e-3, warmup_steps=50)
+
+
 @register
 class LDR2HDR(L.LightningModule):
     """LDR -> HDR training: batches hold ``image`` (B, 3, H, W) linear radiance (any scale: the virtual camera
@@ -139,9 +143,9 @@ class LDR2HDR(L.LightningModule):
     """
 
     def __init__(self, width: int = 24, high_width: int = 24, tau: float = 0.9, low_weight: float = 0.5,
-                 camera: dict | None = None, optim: OptimConfig | dict | None = None, seed: int = 0):
+                 camera: dict | None = None, optim: OptimConfig = OPTIM, seed: int = 0):
         super().__init__()
-        optim = OptimConfig(**optim) if isinstance(optim, dict) else (optim or OptimConfig(lr=2e-3, warmup_steps=50))
+        optim = coerce(OptimConfig, optim, OPTIM)  # a dict (YAML, checkpoint) updates this module's defaults
         self.save_hyperparameters({"width": width, "high_width": high_width, "tau": tau, "low_weight": low_weight,
                                    "camera": dict(camera or {}), "optim": asdict(optim), "seed": seed})
         self.optim = optim
