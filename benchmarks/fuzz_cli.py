@@ -60,7 +60,7 @@ def make_files(tmp: Path) -> dict[str, Path]:
         cli = build_cli([*TINY, "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp / "tiny")],
                         run=False)
         cli.trainer.fit(cli.model, cli.datamodule)
-        cli.trainer.save_checkpoint(good)
+        cli.trainer.save_checkpoint(good, weights_only=False)
     f = {"good": good}
     raw = good.read_bytes()
     for name, data in {"empty.ckpt": b"", "random.ckpt": os.urandom(4096), "truncated.ckpt": raw[: len(raw) // 2],

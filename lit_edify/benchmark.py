@@ -82,7 +82,7 @@ def fit_recipe(args: list[str], run: Path, minutes: float, max_steps: int | None
     cli.trainer.fit(cli.model, cli.datamodule)
     seconds = time.perf_counter() - t0
     ckpt = run / "final.ckpt"
-    cli.trainer.save_checkpoint(ckpt)
+    cli.trainer.save_checkpoint(ckpt, weights_only=False)  # the full checkpoint, said (Lightning logs it otherwise)
     return cli, seconds, ckpt
 
 
