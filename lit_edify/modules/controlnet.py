@@ -22,7 +22,7 @@ from lit_edify.diffusion.edm import denoising_loss, precondition, sample_sigmas
 from lit_edify.diffusion.plans import sample_plan
 from lit_edify.nn.controlnet import HINT_CHANNELS, ControlNet, check_hint_type
 
-from .config import OptimConfig, SamplingConfig, coerce
+from .config import DiffusionConfig, OptimConfig, SamplingConfig, coerce
 from .mixin import LABELS, LaplacianDiffusionMixin, adamw_with_warmup
 from .registry import register
 
@@ -45,10 +45,13 @@ def weights_sha256(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def load_frozen_base(path: str | Path) -> L.LightningModule:
+def load_frozen_base(path: str | Path, expected_sha256: str | None = None,
+                     trained: str = "ControlNet") -> L.LightningModule:
     """A trained base / upsampler from a ``.ckpt`` or ``.safetensors`` file (safe loader), frozen, in eval mode,
     with ``lit_edify_sha256`` (weights hash) and ``lit_edify_path`` (absolute path) set. Cached per process by
-    (resolved path, mtime, size): ControlNets that name the same file share one copy."""
+    (resolved path, mtime, size): ControlNets that name the same file share one copy. ``expected_sha256``: the hash
+    of the base the ``trained`` module (a ControlNet, a personalization) was trained on; another raises
+    :class:`BaseMismatchError` naming both."""
     from lit_edify.pipelines.checkpoints import load_module
 
     p = Path(path).resolve()
@@ -66,7 +69,20 @@ def load_frozen_base(path: str | Path) -> L.LightningModule:
         base.lit_edify_sha256 = weights_sha256(base)
         base.lit_edify_path = str(p)
         _BASES[key] = base
-    return _BASES[key]
+    base = _BASES[key]
+    if expected_sha256 is not None and expected_sha256 != base.lit_edify_sha256:
+        raise BaseMismatchError(
+            f"base checkpoint {path} has weights sha256 {base.lit_edify_sha256} but this {trained} was trained on a "
+            f"base with sha256 {expected_sha256}; pass the base checkpoint it was trained on (--ckpt / base_ckpt) or "
+            f"retrain the {trained} on this base")
+    return base
+
+
+def on_frozen_base(base, optim, sampling) -> DiffusionConfig:
+    """The configuration of a module trained on a frozen ``base``: the base's net / noise / conditioning groups,
+    the module's own ``optim`` and ``sampling`` (None: the base's sampling defaults)."""
+    return replace(base.cfg, optim=coerce(OptimConfig, optim),
+                   sampling=coerce(SamplingConfig, sampling if sampling is not None else base.cfg.sampling))
 
 
 class _Frozen:
@@ -105,15 +121,8 @@ class ControlNetModule(LaplacianDiffusionMixin, L.LightningModule):
         check_hint_type(hint)
         if not 0.0 <= p_drop_hint <= 1.0:
             raise ValueError(f"p_drop_hint must be in [0, 1], got {p_drop_hint}")
-        base = load_frozen_base(base_ckpt)
-        if base_sha256 is not None and base_sha256 != base.lit_edify_sha256:
-            raise BaseMismatchError(
-                f"base checkpoint {base_ckpt} has weights sha256 {base.lit_edify_sha256} but this ControlNet was "
-                f"trained on a base with sha256 {base_sha256}; pass the base checkpoint it was trained on "
-                "(--ckpt / base_ckpt) or retrain the ControlNet on this base")
-        # the base's net / noise / conditioning groups; this module's own optimiser and sampling defaults
-        self.cfg = replace(base.cfg, optim=coerce(OptimConfig, optim),
-                           sampling=coerce(SamplingConfig, sampling if sampling is not None else base.cfg.sampling))
+        base = load_frozen_base(base_ckpt, base_sha256, "ControlNet")
+        self.cfg = on_frozen_base(base, optim, sampling)
         self.save_hyperparameters({
             "base_ckpt": base.lit_edify_path,  # absolute: the checkpoint loads from any working directory
             "hint": hint, "p_drop_hint": p_drop_hint, "control_weight": control_weight, "hint_hidden": hint_hidden,

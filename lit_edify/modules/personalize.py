@@ -21,7 +21,7 @@ import copy
 import hashlib
 import json
 import math
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -29,8 +29,8 @@ import torch
 
 from lit_edify.personalization import freeze_except, trainable_fraction
 
-from .config import OptimConfig, SamplingConfig, coerce
-from .controlnet import BaseMismatchError, load_frozen_base
+from .config import OptimConfig, SamplingConfig
+from .controlnet import load_frozen_base, on_frozen_base
 from .mixin import LABELS, LaplacianDiffusionMixin, adamw_with_warmup
 from .registry import register
 
@@ -67,17 +67,12 @@ class Personalize(LaplacianDiffusionMixin, L.LightningModule):
             raise ValueError(f"prior_images and prior_ratio must be >= 0, got {prior_images}, {prior_ratio}")
         if prior_images and not prior_prompts:
             raise ValueError("prior_images > 0 needs prior_prompts (captions of the class images to generate)")
-        base = load_frozen_base(base_ckpt)  # cached and frozen: this module trains copies of its net / embedder
-        if base_sha256 is not None and base_sha256 != base.lit_edify_sha256:
-            raise BaseMismatchError(
-                f"base checkpoint {base_ckpt} has weights sha256 {base.lit_edify_sha256} but this personalization "
-                f"was trained on a base with sha256 {base_sha256}; pass the base checkpoint it was trained from")
+        # cached and frozen: this module trains copies of its net / embedder
+        base = load_frozen_base(base_ckpt, base_sha256, "personalization")
         if prior_images and type(base).generate is not LaplacianDiffusionMixin.generate:
             raise ValueError(f"prior preservation generates class images from text alone; {type(base).__name__} "
                              "cannot (an upsampler needs a low-resolution input): set prior_images to 0")
-        # the base's net / noise / conditioning groups; this module's own optimiser and sampling defaults
-        self.cfg = replace(base.cfg, optim=coerce(OptimConfig, optim),
-                           sampling=coerce(SamplingConfig, sampling if sampling is not None else base.cfg.sampling))
+        self.cfg = on_frozen_base(base, optim, sampling)
         self.save_hyperparameters({
             "base_ckpt": base.lit_edify_path, "trainable": list(trainable), "concepts": list(concepts),
             "optim": asdict(self.cfg.optim), "sampling": asdict(self.cfg.sampling),
