@@ -1,38 +1,52 @@
-"""Laplacian diffusion (16 -> 32 px, switch plan) vs plain EDM at 32 px, same U-Net, same CPU-time budget.
+"""Laplacian diffusion (switch plan) vs plain EDM on Fashion-MNIST at 32 and 64 px, equal CPU budget, 3 seeds.
 
-    python benchmarks/laplacian_vs_edm.py                       # ~20-25 min on 2 CPU cores
-    python benchmarks/laplacian_vs_edm.py --reuse               # evaluate the saved checkpoints again
+    python benchmarks/laplacian_vs_edm.py          # full run: ~6-7 h on 2 idle cores (2.4 h of it training)
+    python benchmarks/laplacian_vs_edm.py --budget-cpu-min 0.3 --num-images 50 --num-reference 200 \\
+        --seeds 0 --resolutions 32                 # smoke run, ~7 min
+    python benchmarks/laplacian_vs_edm.py --reuse  # keep the stages already trained with the same settings
 
-Data: Fashion-MNIST (Debian ``dataset-fashion-mnist``), 28x28 greyscale upscaled to 32x32 RGB by the suite's
-``ImageTextDataModule`` pipeline; 20 000 training images (``data/fashion_mnist``, prepared with
-``lit-edify data fashion-mnist`` if missing) and the first ``--num-reference`` test-set images as the FID /
-KID / classifier reference (``data/fashion_mnist_test``). Prompts are the class captions of the test images
-("a photo of a sneaker", ...), the same for both methods.
+Every stage is trained by the suite's LightningCLI and Trainer (``lit_edify.benchmark.fit_recipe``, one fresh child
+process per fit): ``recipes/tiny/base32.yaml`` (BaseModel) or ``recipes/tiny/upsampler64.yaml`` (Upsampler), then
+``recipes/tiny/fashion_mnist.yaml`` (ImageTextDataModule on ``data/fashion_mnist``: the 60k training images less
+the recipe's 0.5 % validation hash; batch 32; AdamW lr 2e-3, 100 warm-up steps; the recipe's EMA callback,
+half-life 10k images, ramp-up 0.1), and ``--model.init_args.*`` / ``--data.init_args.*`` overrides for the stage.
+A stage's images come from the DataModule at its own resolution, as ``lit-edify fit`` feeds them (the 16 px
+images differ from ``down(x32, 2)`` by 0.017 mean absolute value, far below the noise at every switch).
+Validation is off, data loading runs in the training process (``num_workers 0``) and
+``lit_edify.callbacks.budget.CpuBudget`` stops the fit once the process has used the stage's CPU seconds
+(``time.process_time``: all threads, not wall time, so a shared machine does not bias the comparison; set-up and
+the text-encoder load are not counted). The EMA weights are exported (``ema.safetensors``), the .ckpt files deleted.
 
-Methods (every network is the ``tiny`` U-Net preset, ``pos_embed_size = resolution / 4``):
+Arms at R px (R = 32 or 64; every network is the ``tiny`` U-Net with ``pos_embed_size = resolution / 4``):
 
-* **EDM**: one ``BaseModel`` at 32 px with ``band_factors=[]`` (plain EDM), sigma in [0.002, 80].
-* **Laplacian**: a 16 px ``BaseModel`` (plain EDM on ``down(x, 2)``, full range [0.002, 80]) and a 32 px
-  ``Upsampler`` (factor 2) whose 32-px detail band is attenuated between ``cutoff / 8`` and ``cutoff``
-  (its sigma_max = cutoff). Sampling is the switch plan: 16 px from sigma 80 down to cutoff / 2, the
-  resolution switch (Eq. 6-10), then 32 px from ``cutoff`` to 0.
+* **EDM R**: one BaseModel at R px, ``band_factors=[]``, sigma in [0.002, 80], P_mean -1.0, P_std 1.4.
+* **Laplacian R**: a 16 px BaseModel (``band_factors=[]``, sigma_max 80, P -1.0 / 1.4) and one Upsampler
+  (factor 2, sigma_max = ``--cutoff``, P -1.0 / 1.2) per octave: 16 -> 32, or 16 -> 32 -> 64 (3 Laplacian
+  levels; Fashion-MNIST resized to 64 px by the DataModule). The upsampler at 16 * 2^k px attenuates its k
+  detail bands j = 0 .. k-1 (finest first) between ``cutoff * 2^j / 8`` and ``cutoff * 2^j``, which matches the
+  stage below at the switch. Sampling is the switch plan (``lit_edify.diffusion.plans``): 16 px from sigma 80 to
+  cutoff / 2, the resolution switch (Eq. 6-10), each upsampler from cutoff to the next switch (cutoff / 2), the
+  last one to 0. Each stage is trained on the sigma interval it samples (16 px: [cutoff / 2, 80], a middle
+  upsampler [cutoff / 2, cutoff], the last [0.002, cutoff]); ``--full-range`` trains every stage down to 0.002
+  as the previous version did (76 % of the 16 px stage's training sigmas then fall below its switch level).
 
-Training: both methods get the same CPU time (``time.process_time``: all threads of the training process, not
-wall time, so a shared machine does not bias the comparison). By default each method trains in its own
-process with one thread, both at once (on 2 cores the tiny U-Net gains little from a second thread, and
-process CPU clocks are independent); ``--no-parallel`` trains them one after the other. The Laplacian budget is split between its two
-stages in proportion to their denoiser evaluations at sampling time (``--nfe-low`` of ``--nfe``: 16 of 32
-by default, i.e. half / half). AdamW as in the tiny recipe (lr 2e-3, 100 warm-up steps), batch 32, EMA with
-a half-life of 10k images (ramp-up 0.1 x images seen); the EMA weights are evaluated and saved.
+Both arms sample with ``--nfe`` (32) dpmpp_2m denoiser evaluations per image; the Laplacian split is
+``--nfe-split32`` (16 + 16) / ``--nfe-split64`` (14 + 3 + 15: the steps EDM's 32-step Karras schedule takes in each
+stage's sigma interval, in 64 px units; the same rule gives 17 + 15 at 32 px). ``--budget-cpu-min``: CPU minutes
+per arm, one value or one per ``--resolutions`` entry (default 8 at 32 px, 16 at 64 px); a Laplacian stage gets
+its share of the NFE as its share of the budget (the previous version's rule); fits run one after another with
+``--train-threads`` (1) each.
 
-Evaluation at equal NFE (default 32 denoiser evaluations per image, each a classifier-free-guided U-Net
-call): EDM 32 dpmpp_2m steps; Laplacian ``nfe_low`` at 16 px + ``nfe - nfe_low`` at 32 px (dpmpp_2m, the
-same guidance in both stages). Reported per method: FID and KID (TF-Inception pool3) against the reference,
-caption-classifier accuracy, sampling wall seconds per image, FLOPs per image (``FlopCounterMode`` over one
-sampling run: matmul / conv / attention FLOPs, elementwise ops are not counted) and NFE counted from the
-U-Net calls. Checkpoints (EMA weights, loadable by ``lit_edify.pipelines.text2image.load_module``) go to
-``runs/laplacian_vs_edm/``. The last line is
-``laplacian_vs_edm: fid_lap=<a> fid_edm=<b> sample_time_ratio=<lap/edm>``.
+Evaluation per (resolution, arm, seed), guidance ``--guidance`` in every stage (``GeneratorEvaluator``): FID and
+KID (TF-Inception pool3) of ``--num-images`` images against ``--num-reference`` Fashion-MNIST test images (a seeded
+shuffle of the 10k at R px through the same DataModule; the prompts are their class captions), caption-classifier
+accuracy, sampling wall seconds per image (``--threads``), FLOPs per image (matmul / conv / attention) and NFE
+counted from the U-Net calls. Printed: mean ± std over ``--seeds``, the settings of every stage, which arm wins
+each metric ("clear" when the gap exceeds twice its standard error) and last
+``laplacian_vs_edm: fid_lap=<a> fid_edm=<b> sample_time_ratio=<lap/edm>`` (32 px means; ``fid_lap64=`` /
+``fid_edm64=`` / ``sample_time_ratio64=`` when 64 px ran). ``--out`` (``runs/laplacian_vs_edm/``) holds
+results.json (rewritten after every evaluation), samples_<arm><R>_seed<s>.png, samples_real<R>.png and
+res<R>/seed<s>/<stage>/ (logs, ema.safetensors, train_stats.json).
 """
 from __future__ import annotations
 
@@ -40,8 +54,10 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -51,218 +67,246 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from lit_edify.modules.config import flat
-from lit_edify.benchmark import markdown_table, run_grid  # noqa: E402
-from lit_edify.diffusion.laplacian import down  # noqa: E402
-from lit_edify.io import atomic_save  # noqa: E402
-from lit_edify.modules.base import BaseModel  # noqa: E402
-from lit_edify.modules.upsampler import Upsampler  # noqa: E402
+from lit_edify.benchmark import fit_recipe, markdown_table, run_grid, run_in_child  # noqa: E402
 
 OUT = ROOT / "runs" / "laplacian_vs_edm"
-COMMON = {"unet": "tiny", "text_encoder": "minilm", "max_text_length": 32, "sigma_min": 0.002, "lr": 2e-3,
-          "weight_decay": 0.0, "warmup_steps": 100, "sample_solver": "dpmpp_2m"}
+RECIPES = {"base": ROOT / "recipes/tiny/base32.yaml", "up": ROOT / "recipes/tiny/upsampler64.yaml"}
+DATA_RECIPE = ROOT / "recipes/tiny/fashion_mnist.yaml"
+ARM_NAMES = {"edm": "EDM", "lap": "Laplacian"}
 
 
-# ------------------------------------------------------------------------------------------------ data
-def ensure_fashion(folder: Path, split: str, limit: int) -> Path:
-    """Prepare ``limit`` Fashion-MNIST ``split`` images into ``folder`` unless it already holds that many."""
-    have = sum(1 for _ in folder.rglob("*.png")) if folder.is_dir() else 0
-    if have < limit:
-        from lit_edify.data_modules.prepare import main as prepare
-
-        print(f"preparing Fashion-MNIST {split} ({limit} images) in {folder}", flush=True)
-        if prepare(["fashion-mnist", "--out", str(folder), "--split", split, "--limit", str(limit)]) != 0:
-            raise SystemExit("Fashion-MNIST is missing: apt-get install -y dataset-fashion-mnist")
-    return folder
-
-
-def load_images(folder: Path, limit: int | None = None, cache_dir: Path | None = None,
-                seed: int = 0) -> tuple[torch.Tensor, list[str]]:
-    """``limit`` images of a prepared folder (a seeded random subset in random order, so any prefix mixes the
-    classes) through the suite's ImageTextDataModule pipeline (32 px, 1:1).
-
-    Returns (N, 3, 32, 32) uint8 (x_float = u8 / 127.5 - 1, exact for this data) and N captions; cached as
-    ``<cache_dir>/<folder name>_<N>_<seed>.pt``.
-    """
-    from torch.utils.data import DataLoader, Subset
-
-    from lit_edify.data_modules.image_text import ImageTextDataModule
-
-    dm = ImageTextDataModule(root=str(folder), resolution=32, multiple=16, aspects=["1:1"], num_workers=2,
-                             p_drop_caption=0.0, val_fraction=0.0)
-    n_all = sum(1 for _ in folder.rglob("*.png"))
-    n = n_all if limit is None else min(limit, n_all)
-    cache = None if cache_dir is None else cache_dir / f"{folder.name}_{n}_{seed}.pt"
-    if cache is not None and cache.is_file():
-        d = torch.load(cache, weights_only=True)
-        return d["images"], d["captions"]
-    dm.prepare_data()
-    dm.setup("fit")
-    order = torch.randperm(len(dm.train_set), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    images, captions = [], []
-    for batch in DataLoader(Subset(dm.train_set, order), batch_size=500, num_workers=2,
-                            collate_fn=dm.train_set.collate):
-        u8 = ((batch["image"] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        if not torch.allclose(u8.float() / 127.5 - 1, batch["image"], atol=1e-6):
-            raise RuntimeError("images are not 8-bit exact; store them as float instead")
-        images.append(u8)
-        captions += batch["caption"]
-    out = torch.cat(images), captions
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({"images": out[0], "captions": out[1]}, cache)
-    return out
+@dataclass
+class StageSpec:
+    """One trained stage of an arm: recipe kind, resolution, noise settings, NFE and share of the arm's budget."""
+    name: str
+    kind: str                     # "base" (BaseModel) or "up" (Upsampler, factor 2)
+    resolution: int
+    sigma_min: float
+    sigma_max: float
+    p_mean: float
+    p_std: float
+    band_factors: list
+    band_cutoffs: list
+    band_starts: list
+    nfe: int
+    share: float
 
 
-def to_float(u8: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float32 in [-1, 1]."""
-    return u8.float() / 127.5 - 1
+def arm_stages(res: int, a: argparse.Namespace) -> dict[str, list[StageSpec]]:
+    """The EDM and Laplacian arms at ``res`` px (module docstring)."""
+    c, split = a.cutoff, (a.nfe_split32 if res == 32 else a.nfe_split64)
+    edm = [StageSpec(f"edm{res}", "base", res, 0.002, 80.0, -1.0, 1.4, [], [], [], a.nfe, 1.0)]
+    levels = [16 * 2**k for k in range(len(split))]
+    lap = []
+    for k, (r, nfe) in enumerate(zip(levels, split)):
+        last, lo = k == len(levels) - 1, 0.002
+        if not (last or a.full_range):
+            lo = c / 2                            # the next stage's switch level, at this resolution
+        if k == 0:
+            lap.append(StageSpec(f"lap{r}", "base", r, lo, 80.0, -1.0, 1.4, [], [], [], nfe, nfe / a.nfe))
+        else:
+            lap.append(StageSpec(f"lap{r}", "up", r, lo, c, -1.0, 1.2, [2] * k, [c * 2**j for j in range(k)],
+                                 [c * 2**j / 8 for j in range(k)], nfe, nfe / a.nfe))
+    return {"edm": edm, "lap": lap}
 
 
-def reference_batches(images: torch.Tensor, captions: list[str], batch_size: int = 100) -> list[dict]:
-    """uint8 images + captions -> the evaluator's reference format: batches {"image" in [-1, 1], "caption"}."""
-    return [{"image": to_float(images[i : i + batch_size]), "caption": captions[i : i + batch_size]}
-            for i in range(0, len(images), batch_size)]
+# ------------------------------------------------------------------------------------------------ training
+def train_stage(spec: StageSpec, seed: int, cpu_seconds: float, run: Path, a_dict: dict) -> dict:
+    """Fit one stage through the suite's LightningCLI until CpuBudget stops it; export its EMA weights."""
+    from lit_edify.callbacks.budget import CpuBudget
+    from lit_edify.pipelines.checkpoints import export_safetensors
+
+    torch.set_num_threads(a_dict["train_threads"])
+    m = "--model.init_args."
+    args = ["--config", str(RECIPES[spec.kind]), "--config", str(DATA_RECIPE), "--seed_everything", str(seed),
+            m + "net.overrides", json.dumps({"pos_embed_size": spec.resolution // 4}),
+            m + "noise.resolution", str(spec.resolution), m + "noise.sigma_min", str(spec.sigma_min),
+            m + "noise.sigma_max", str(spec.sigma_max), m + "noise.p_mean", str(spec.p_mean),
+            m + "noise.p_std", str(spec.p_std), m + "noise.band_factors", json.dumps(spec.band_factors),
+            m + "noise.band_cutoffs", json.dumps(spec.band_cutoffs), m + "noise.band_starts",
+            json.dumps(spec.band_starts), m + "sampling.steps", str(spec.nfe), m + "sampling.guidance",
+            str(a_dict["guidance"]), "--data.init_args.root", a_dict["train_dir"], "--data.init_args.resolution",
+            str(spec.resolution), "--data.init_args.seed", str(seed), "--data.init_args.num_workers", "0",
+            "--data.init_args.persistent_workers", "false", "--trainer.limit_val_batches", "0",
+            "--trainer.callbacks+=lit_edify.callbacks.budget.CpuBudget", "--trainer.callbacks.cpu_seconds",
+            str(cpu_seconds)]
+    if spec.kind == "up":
+        args += [m + "factor", "2"]
+    wall_cap = 4 * cpu_seconds / 60 + 10  # a safety cap only: the CPU budget ends the fit
+    cli, seconds, ckpt = fit_recipe(args, run, wall_cap, max_steps=-1)
+    budget = next(cb for cb in cli.trainer.callbacks if isinstance(cb, CpuBudget))
+    assert budget.cpu_seconds == cpu_seconds, (budget.cpu_seconds, cpu_seconds)
+    loss = cli.trainer.callback_metrics.get("train/loss")
+    export_safetensors(ckpt, run / "ema.safetensors")
+    for f in run.rglob("*.ckpt"):  # ~100 MB each (weights, EMA, AdamW): only the EMA export is kept
+        f.unlink()
+    steps = cli.trainer.global_step
+    return {"steps": steps, "images": steps * cli.datamodule.hparams.batch_size, "cpu_s": budget.used,
+            "budget_cpu_s": cpu_seconds, "wall_s": seconds, "final_loss": None if loss is None else float(loss),
+            "spec": asdict(spec), "seed": seed}
 
 
-# ------------------------------------------------------------------------------------------------ models
-def edm_model(resolution: int = 32, guidance: float = 2.0) -> BaseModel:
-    """Plain single-resolution EDM (no Laplacian bands), the tiny U-Net, full noise range [0.002, 80]."""
-    return BaseModel(**flat(**COMMON, unet_overrides={"pos_embed_size": resolution // 4}, resolution=resolution,
-                     band_factors=[], band_cutoffs=[], band_starts=None, sigma_max=80.0, p_mean=-1.0, p_std=1.4,
-                     sample_steps=32, guidance=guidance))
+def _train_child(queue, *args) -> None:
+    try:
+        queue.put(train_stage(*args))
+    except Exception as e:  # report instead of hanging the parent
+        queue.put({"error": f"{type(e).__name__}: {e}"})
 
 
-def upsampler_model(cutoff: float, guidance: float = 2.0) -> Upsampler:
-    """32 px Laplacian stage (factor 2): detail band attenuated over [cutoff / 8, cutoff], sigma_max = cutoff."""
-    return Upsampler(**flat(**COMMON, unet_overrides={"pos_embed_size": 8}, resolution=32, factor=2, band_factors=[2],
-                     band_cutoffs=[cutoff], band_starts=[cutoff / 8], sigma_max=cutoff, p_mean=-1.0, p_std=1.2,
-                     sample_steps=16, guidance=guidance))
-
-
-def save_ckpt(module, path: Path) -> None:
-    """The fields ``load_module`` reads: class, hyper-parameters and (EMA) weights."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save({"lit_edify_class": f"{type(module).__module__}.{type(module).__qualname__}",
-                 "hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
-
-
-def train_cpu_budget(module, images: torch.Tensor, captions: list[str], cpu_seconds: float, *, factor: int = 1,
-                     batch_size: int = 32, halflife_images: float = 10_000, seed: int = 0, label: str = "") -> dict:
-    """Train ``module`` (its own EDM / Laplacian loss) until this process has used ``cpu_seconds`` of CPU time.
-
-    images: (N, 3, H, W) uint8; ``factor`` > 1 trains on ``down(x, factor)``. Batches are drawn uniformly with
-    replacement; noise and sigmas come from the module's seeded RNG. Ends with the EMA weights loaded.
-    Returns steps, images, CPU seconds, wall seconds and the mean loss of the last 100 steps.
-    """
-    opt_cfg = module.configure_optimizers()
-    opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
-    ema = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    gen = torch.Generator().manual_seed(seed)
-    module.encode_conditions(sorted(set(captions)), drop=False)  # fill the text-encoder cache outside the budget
-    module.train()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    step, losses, next_report = 0, [], 60.0
-    while (used := time.process_time() - cpu0) < cpu_seconds:
-        idx = torch.randint(len(images), (batch_size,), generator=gen)
-        x = to_float(images[idx])
-        if factor > 1:
-            x = down(x, factor)
-        with module.seeded(1_000_003 * step + seed + 1):
-            loss, _ = module.diffusion_loss({"image": x, "caption": [captions[i] for i in idx.tolist()]})
-        loss = loss.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        step += 1
-        seen = step * batch_size
-        beta = 0.5 ** (batch_size / max(min(halflife_images, 0.1 * seen), 1e-8))
-        with torch.no_grad():
-            for k, v in module.state_dict().items():
-                if v.is_floating_point():
-                    ema[k].lerp_(v.detach(), 1 - beta)
-                else:
-                    ema[k].copy_(v)
-        losses.append(loss.detach().item())
-        if used >= next_report:
-            print(f"  [{label}] {used:5.0f} / {cpu_seconds:.0f} CPU s, step {step}, loss(100) "
-                  f"{sum(losses[-100:]) / len(losses[-100:]):.4f}", flush=True)
-            next_report += 60.0
-    module.load_state_dict(ema)
-    module.eval()
-    return {"steps": step, "images": step * batch_size, "cpu_s": time.process_time() - cpu0,
-            "wall_s": time.perf_counter() - wall0, "loss_last100": sum(losses[-100:]) / max(1, len(losses[-100:]))}
-
-
-CKPT_NAMES = {"edm": "edm32.ckpt", "low": "lap16.ckpt", "up": "lap32.ckpt"}
-LABELS = {"edm": "EDM 32px", "low": "Laplacian 16px", "up": "Laplacian 32px"}
-
-
-def train_job(stages: list[tuple[str, float, int]], train_dir: str, num_train: int, out: str, guidance: float,
-              cutoff: float, threads: int, data=None) -> dict:
-    """Train the (key, cpu_seconds, factor) stages one after the other in this process and save each checkpoint
-    to ``out/CKPT_NAMES[key]``; runs in a worker process (data loaded from the cache) or inline. Returns stats."""
-    torch.set_num_threads(threads)
-    train_u8, train_caps = data or load_images(Path(train_dir), num_train, Path(out) / "cache")
-    stats = {}
-    for key, seconds, factor in stages:
-        torch.manual_seed(0)
-        model = upsampler_model(cutoff, guidance) if key == "up" else edm_model(32 // factor, guidance)
-        stats[key] = train_cpu_budget(model, train_u8, train_caps, seconds, factor=factor, label=LABELS[key])
-        save_ckpt(model, Path(out) / CKPT_NAMES[key])
+def trained_stage(spec: StageSpec, seed: int, cpu_seconds: float, run: Path, a: argparse.Namespace) -> dict:
+    """Stats of the stage, trained now in a child process, or read back (``--reuse``, same settings)."""
+    stats_path = run / "train_stats.json"
+    if a.reuse and stats_path.is_file() and (run / "ema.safetensors").is_file():
+        stats = json.loads(stats_path.read_text())
+        if stats["spec"] == asdict(spec) and stats["budget_cpu_s"] == cpu_seconds:
+            return stats
+    print(f"training {spec.name} (seed {seed}): {cpu_seconds:.0f} CPU s", flush=True)
+    a_dict = {"train_threads": a.train_threads, "guidance": a.guidance, "train_dir": str(a.train_dir)}
+    stats = run_in_child(spec.name, _train_child, spec, seed, cpu_seconds, run, a_dict)
+    stats_path.write_text(json.dumps(stats, indent=1))
+    print(f"  {spec.name}: {stats['steps']} steps ({stats['images']} images) in {stats['cpu_s']:.0f} CPU s / "
+          f"{stats['wall_s']:.0f} wall s, final loss {stats['final_loss']}", flush=True)
+    if stats["cpu_s"] < 0.98 * cpu_seconds:
+        print(f"  WARNING: {spec.name} stopped before its budget (wall-time cap); compare with care", flush=True)
     return stats
 
 
-# ------------------------------------------------------------------------------------------------ sampling
-def edm_generate(model, nfe: int, solver: str, guidance: float):
-    """``generate_fn`` for the evaluator: ``nfe`` steps of a first-/multistep solver at 32 px."""
-    def generate(captions, **kw):
-        return model.generate(captions, steps=nfe, solver=solver, guidance=guidance, **kw)
-    return generate
+# ------------------------------------------------------------------------------------------------ evaluation
+def load_reference(folder: Path, limit: int, res: int, cache_dir: Path) -> tuple[torch.Tensor, list[str]]:
+    """``limit`` test images (a seeded shuffle, so any prefix mixes the classes) at ``res`` px through the
+    suite's ImageTextDataModule: (N, 3, res, res) uint8 (x = u8 / 127.5 - 1, exact) and captions; cached."""
+    from torch.utils.data import DataLoader, Subset
+
+    from lit_edify.data_modules.image_text import ImageTextDataModule
+    from lit_edify.io import atomic_save
+
+    cache = cache_dir / f"{folder.name}_{limit}_{res}px.pt"
+    if cache.is_file():
+        d = torch.load(cache, weights_only=True)
+        return d["images"], d["captions"]
+    dm = ImageTextDataModule(root=str(folder), resolution=res, multiple=16, aspects=["1:1"], num_workers=0,
+                             p_drop_caption=0.0, val_fraction=0.0)
+    dm.prepare_data()
+    dm.setup("fit")
+    order = torch.randperm(len(dm.train_set), generator=torch.Generator().manual_seed(0))[:limit].tolist()
+    images, captions = [], []
+    for batch in DataLoader(Subset(dm.train_set, order), batch_size=500, collate_fn=dm.train_set.collate):
+        u8 = ((batch["image"] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        if not torch.allclose(u8.float() / 127.5 - 1, batch["image"], atol=1e-6):
+            raise RuntimeError("reference images are not 8-bit exact")
+        images.append(u8)
+        captions += batch["caption"]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save({"images": torch.cat(images), "captions": captions}, cache)
+    return torch.cat(images), captions
 
 
-def laplacian_generate(low, up, nfe_low: int, nfe_high: int, solver: str, guidance: float):
-    """``generate_fn``: switch plan, ``nfe_low`` evaluations at 16 px (``nfe_low + 1`` grid levels: the stage
-    ends at the switch level without evaluating there) and ``nfe_high`` at 32 px (its grid ends at 0)."""
-    from lit_edify.pipelines.text2image import text_to_image
+class ReferenceBatches:
+    """Re-iterable evaluator reference: batches {"image" in [-1, 1], "caption"} made on the fly from uint8."""
+
+    def __init__(self, images: torch.Tensor, captions: list[str], batch_size: int = 100):
+        self.images, self.captions, self.batch_size = images, captions, batch_size
+
+    def __iter__(self):
+        for i in range(0, len(self.images), self.batch_size):
+            yield {"image": self.images[i : i + self.batch_size].float() / 127.5 - 1,
+                   "caption": self.captions[i : i + self.batch_size]}
+
+
+def plan_generate(models: list, specs: list[StageSpec], solver: str, guidance: float):
+    """``generate_fn``: one model sampled alone (EDM: ``model.generate``), several by the switch plan; a stage
+    that is not the last gets ``nfe + 1`` grid levels (it ends at the switch level without evaluating there)."""
+    from lit_edify.diffusion.plans import sample_plan
 
     def generate(captions, *, aspect="1:1", seed=0, pitch=None, dof=None, media_type=None):
-        return text_to_image(low, captions, upsampler=up, plan="switch", aspect=aspect, seed=seed,
-                             steps=nfe_low + 1, upsampler_steps=nfe_high, solver=solver, guidance=guidance,
-                             upsampler_guidance=guidance, pitch=pitch, dof=dof, media_type=media_type)
+        labels = dict(pitch=pitch, dof=dof, media_type=media_type)
+        if len(models) == 1:
+            return models[0].generate(captions, steps=specs[0].nfe, solver=solver, guidance=guidance, seed=seed,
+                                      aspect=aspect, **labels)
+        stages = [m.stage(captions, steps=s.nfe + (k < len(models) - 1), guidance=guidance,
+                          factor=1 if k == 0 else m.hparams.factor, **labels)
+                  for k, (m, s) in enumerate(zip(models, specs))]
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            x = sample_plan(stages, (len(captions), 3, *models[0].image_shape(aspect)), "switch", solver, generator=g)
+        return x.clamp(-1, 1)
     return generate
 
 
 def flops_per_image(generate, captions: list[str]) -> float:
-    """Matmul / conv / attention FLOPs of one sampling run, per image (text encodings are cached by then)."""
+    """Matmul / conv / attention FLOPs of one sampling run, per image (text encodings cached by then)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    generate(captions, seed=0)  # warm the text-encoder cache so only sampling is counted
+    generate(captions, seed=0)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         generate(captions, seed=0)
     return counter.get_total_flops() / len(captions)
 
 
+# ------------------------------------------------------------------------------------------------ report
+def mean_std(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else math.nan
+
+
+def pm(values: list[float], fmt: str = "{:.2f}", scale: float = 1.0) -> str:
+    m, s = mean_std(values)
+    if not math.isfinite(m):
+        return "-"
+    return fmt.format(m * scale) + ("" if not math.isfinite(s) else " ± " + fmt.format(s * scale))
+
+
+METRICS = (("fid", "FID", True), ("kid_mean", "KID", True), ("classifier_accuracy", "classifier acc.", False),
+           ("sec_per_image", "s / image", True))
+
+
+def verdict(res: int, recs: dict[str, list[dict]]) -> list[str]:
+    """Which arm wins each metric at ``res``; 'clear' when the gap exceeds twice its standard error."""
+    lines = []
+    for key, name, lower in METRICS:
+        (ml, sl), (me, se) = (mean_std([r[key] for r in recs[arm]]) for arm in ("lap", "edm"))
+        if not (math.isfinite(ml) and math.isfinite(me)):
+            continue
+        winner = "tie" if ml == me else ("Laplacian" if (ml < me) == lower else "EDM") + " wins"
+        n = min(len(recs["lap"]), len(recs["edm"]))
+        err = math.sqrt((sl**2 + se**2) / n) if n > 1 and math.isfinite(sl) and math.isfinite(se) else math.nan
+        how = ("one seed: no error bar" if not math.isfinite(err) else
+               "clear" if abs(ml - me) > 2 * err else "within seed noise")
+        lines.append(f"{res} px {name}: {winner} ({ml:.4g} Laplacian vs {me:.4g} EDM; {how})")
+    return lines
+
+
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--budget-cpu-min", type=float, default=8.0, help="training CPU minutes per method")
-    p.add_argument("--nfe", type=int, default=32, help="denoiser evaluations per image for both methods")
-    p.add_argument("--nfe-low", type=int, default=16, help="of --nfe, evaluations at 16 px (Laplacian)")
-    p.add_argument("--cutoff", type=float, default=2.0, help="32-px detail-band cutoff = upsampler sigma_max")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--resolutions", type=int, nargs="+", choices=(32, 64), default=[32, 64])
+    p.add_argument("--budget-cpu-min", type=float, nargs="+", default=None,
+                   help="training CPU minutes per arm: one value, or one per --resolutions entry (default 8 / 16)")
+    p.add_argument("--nfe", type=int, default=32, help="denoiser evaluations per image, every arm")
+    p.add_argument("--nfe-split32", type=int, nargs=2, default=[16, 16], help="Laplacian 32: NFE at 16 / 32 px")
+    p.add_argument("--nfe-split64", type=int, nargs=3, default=[14, 3, 15], help="Laplacian 64: NFE at 16/32/64 px")
+    p.add_argument("--cutoff", type=float, default=2.0, help="detail-band cutoff = upsampler sigma_max")
+    p.add_argument("--full-range", action="store_true", help="train every stage on its whole sigma range")
     p.add_argument("--guidance", type=float, default=2.0)
     p.add_argument("--solver", default="dpmpp_2m")
-    p.add_argument("--num-images", type=int, default=500, help="generated images per method")
-    p.add_argument("--num-reference", type=int, default=1000, help="real test images (FID / KID reference)")
-    p.add_argument("--num-train", type=int, default=20000)
+    p.add_argument("--num-images", type=int, default=2000, help="generated images per arm and seed")
+    p.add_argument("--num-reference", type=int, default=10000, help="Fashion-MNIST test images (FID / KID)")
     p.add_argument("--batch-size", type=int, default=50, help="images per sampling call")
     p.add_argument("--threads", type=int, default=2, help="torch threads for evaluation")
     p.add_argument("--train-threads", type=int, default=1, help="torch threads of each training process")
-    p.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=True,
-                   help="train the two methods concurrently, one process each (each has its own CPU clock)")
-    p.add_argument("--reuse", action="store_true", help="load the saved checkpoints instead of training")
+    p.add_argument("--reuse", action="store_true", help="keep stages already trained with the same settings")
     p.add_argument("--out", default=str(OUT))
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    budgets = a.budget_cpu_min or [{32: 8.0, 64: 16.0}[r] for r in a.resolutions]
+    if len(budgets) not in (1, len(a.resolutions)):
+        p.error("--budget-cpu-min takes one value or one per --resolutions entry")
+    a.budgets = {r: 60.0 * budgets[min(i, len(budgets) - 1)] for i, r in enumerate(a.resolutions)}
+    for name in ("nfe_split32", "nfe_split64"):
+        if sum(getattr(a, name)) != a.nfe or min(getattr(a, name)) < 1:
+            p.error(f"--{name.replace('_', '-')} must be positive and sum to --nfe {a.nfe}")
+    return a
 
 
 def main(argv=None) -> dict:
@@ -270,102 +314,93 @@ def main(argv=None) -> dict:
 
     from lit_edify.metrics import GeneratorEvaluator
     from lit_edify.pipelines.text2image import load_module
+    from lit_edify.quickstart import prepare_data
 
     a = parse(argv)
-    if not 0 < a.nfe_low < a.nfe:
-        raise SystemExit(f"--nfe-low must be in (0, {a.nfe}), got {a.nfe_low}")
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    train_dir = ensure_fashion(ROOT / "data" / "fashion_mnist", "train", a.num_train)
-    test_dir = ensure_fashion(ROOT / "data" / "fashion_mnist_test", "test", a.num_reference)
-    ref_u8, ref_caps = load_images(test_dir, a.num_reference, out / "cache")
-    budget = 60.0 * a.budget_cpu_min
-    share_low = a.nfe_low / a.nfe
-    paths = {k: out / name for k, name in CKPT_NAMES.items()}
-    stats_path = out / "train_stats.json"
-    print(f"budget: {a.budget_cpu_min:g} CPU-min per method (process CPU time, {a.train_threads} thread(s) per "
-          f"training process, {'both methods concurrently' if a.parallel else 'one after the other'}); Laplacian "
-          f"split {share_low:.0%} to the 16 px stage, {1 - share_low:.0%} to the 32 px stage (its share of NFE)",
-          flush=True)
-    if a.reuse and all(p.is_file() for p in paths.values()) and stats_path.is_file():
-        models = {k: load_module(p) for k, p in paths.items()}
-        stats = json.loads(stats_path.read_text())
-        print(f"reusing checkpoints in {out} (trained earlier)")
-    else:
-        train_u8, train_caps = load_images(train_dir, a.num_train, out / "cache")
-        print(f"data: {len(train_u8)} training images, {len(ref_u8)} reference test images, "
-              f"{len(set(train_caps))} classes", flush=True)
-        jobs = {"edm": [("edm", budget, 1)], "lap": [("low", budget * share_low, 2), ("up", budget * (1 - share_low), 1)]}
-        stats = {"budget_cpu_s": budget, "train_threads": a.train_threads}
-        if a.parallel:  # one process per method, each with its own CPU clock and train_threads threads
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
+    a.train_dir, test_dir = prepare_data("fashion-mnist", ROOT / "data")
+    settings = {r: arm_stages(r, a) for r in a.resolutions}
+    summary = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+               "settings": {r: {arm: [asdict(s) for s in st] for arm, st in v.items()} for r, v in settings.items()},
+               "runs": []}
+    records: dict[int, dict[str, list[dict]]] = {}
+    for res in a.resolutions:
+        ref_u8, ref_caps = load_reference(test_dir, a.num_reference, res, out / "cache")
+        save_image((ref_u8[:40].float() / 255), out / f"samples_real{res}.png", nrow=10)
+        evaluator = GeneratorEvaluator(ReferenceBatches(ref_u8, ref_caps), fid=True, kid=True,
+                                       adherence="classifier", seed=0).prepare()
+        prompts = evaluator.default_prompts(a.num_images)
+        records[res] = {"edm": [], "lap": []}
+        for seed in a.seeds:
+            for arm, specs in settings[res].items():
+                train = {s.name: trained_stage(s, seed, a.budgets[res] * s.share,
+                                               out / f"res{res}" / f"seed{seed}" / s.name, a) for s in specs}
+                models = [load_module(out / f"res{res}" / f"seed{seed}" / s.name / "ema.safetensors") for s in specs]
+                gen = plan_generate(models, specs, a.solver, a.guidance)
+                print(f"sampling + scoring {ARM_NAMES[arm]} {res} px, seed {seed}: {a.num_images} images at NFE "
+                      f"{a.nfe}", flush=True)
+                rec = run_grid(lambda s, n, gen=gen: gen, evaluator, prompts, [(a.solver, a.nfe)],
+                               nfe_of=lambda s, n: a.nfe, count_modules=[m.net for m in models],
+                               batch_size=a.batch_size, seed=1000 * seed)[0]
+                rec["flops_per_image"] = flops_per_image(gen, [p["caption"] for p in prompts[:4]])
+                rec["train"] = train
+                records[res][arm].append(rec)
+                with torch.no_grad():
+                    grid = gen([p["caption"] for p in prompts[:40]], seed=123)
+                save_image((grid + 1) / 2, out / f"samples_{arm}{res}_seed{seed}.png", nrow=10)
+                summary["runs"].append({"resolution": res, "arm": arm, "seed": seed, **rec})
+                (out / "results.json").write_text(json.dumps(summary, indent=1, default=float))
+                print(f"  FID {rec['fid']:.2f}  KID {rec['kid_mean']:.4f}  classifier acc. "
+                      f"{rec['classifier_accuracy']:.1%}  {rec['sec_per_image']:.4f} s/image", flush=True)
 
-            del train_u8
-            with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = [pool.submit(train_job, js, str(train_dir), a.num_train, str(out), a.guidance, a.cutoff,
-                                       a.train_threads) for js in jobs.values()]
-                for f in futures:
-                    stats.update(f.result())
-        else:
-            torch.set_num_threads(a.train_threads)
-            for js in jobs.values():
-                stats.update(train_job(js, str(train_dir), a.num_train, str(out), a.guidance, a.cutoff,
-                                       a.train_threads, (train_u8, train_caps)))
-            torch.set_num_threads(a.threads)
-        models = {k: load_module(p) for k, p in paths.items()}
-        stats_path.write_text(json.dumps(stats, indent=1))
-    for k, name in (("edm", "EDM 32 px"), ("low", "Laplacian 16 px stage"), ("up", "Laplacian 32 px stage")):
-        s = stats[k]
-        print(f"trained {name}: {s['steps']} steps ({s['images']} images) in {s['cpu_s']:.0f} CPU s / "
-              f"{s['wall_s']:.0f} wall s, final loss {s['loss_last100']:.4f}", flush=True)
-
-    evaluator = GeneratorEvaluator(reference_batches(ref_u8, ref_caps), fid=True, kid=True, adherence="classifier",
-                                   seed=0).prepare()
-    prompts = evaluator.default_prompts(a.num_images)
-    gens = {"edm": edm_generate(models["edm"], a.nfe, a.solver, a.guidance),
-            "lap": laplacian_generate(models["low"], models["up"], a.nfe_low, a.nfe - a.nfe_low, a.solver,
-                                      a.guidance)}
-    nets = {"edm": [models["edm"].net], "lap": [models["low"].net, models["up"].net]}
-    results = {}
-    for key in ("edm", "lap"):
-        print(f"sampling + scoring {key}: {a.num_images} images at NFE {a.nfe}", flush=True)
-        rec = run_grid(lambda s, n, key=key: gens[key], evaluator, prompts, [(a.solver, a.nfe)],
-                       nfe_of=lambda s, n: a.nfe, count_modules=nets[key], batch_size=a.batch_size, seed=0)[0]
-        rec["flops_per_image"] = flops_per_image(gens[key], [p["caption"] for p in prompts[:4]])
-        results[key] = rec
-        with torch.no_grad():
-            grid = gens[key]([p["caption"] for p in prompts[:40]], seed=123)
-        save_image((grid + 1) / 2, out / f"samples_{key}.png", nrow=10)
-    save_image((to_float(ref_u8[:40]) + 1) / 2, out / "samples_real.png", nrow=10)
-
-    rows = []
-    for key, name, train in (("edm", "EDM 32 px", f"{stats['edm']['steps']}"),
-                             ("lap", "Laplacian 16->32 px", f"{stats['low']['steps']} + {stats['up']['steps']}")):
-        r = results[key]
-        rows.append({"method": name, "train steps": train, "nfe": r["nfe_measured"],
-                     "sec_per_image": r["sec_per_image"], "GFLOPs / image": r["flops_per_image"] / 1e9,
-                     **{k: r[k] for k in ("fid", "kid_mean", "classifier_accuracy")}})
-    table = markdown_table(rows, first=("method", "train steps", "nfe", "sec_per_image", "GFLOPs / image"))
-    lap, edm = results["lap"], results["edm"]
-    ratio = lap["sec_per_image"] / edm["sec_per_image"]
-    summary = {"args": vars(a), "train": stats, "results": results, "sample_time_ratio": ratio,
-               "flops_ratio": lap["flops_per_image"] / edm["flops_per_image"],
-               "classifier_real_accuracy": edm.get("classifier_real_accuracy"),
-               "total_wall_s": time.perf_counter() - t_start}
+    rows, stage_rows, lines = [], [], []
+    for res in a.resolutions:
+        for arm, specs in settings[res].items():
+            rs = records[res][arm]
+            rows.append({"arm": f"{ARM_NAMES[arm]} {res} px", "stages": " -> ".join(f"{s.resolution}" for s in specs),
+                         "NFE": "+".join(str(s.nfe) for s in specs), "seeds": len(rs),
+                         "CPU-min / arm": f"{sum(r['train'][s.name]['cpu_s'] for r in rs for s in specs) / 60 / len(rs):.2f}",
+                         "FID": pm([r["fid"] for r in rs]), "KID x1e3": pm([r["kid_mean"] for r in rs], scale=1e3),
+                         "classifier acc. %": pm([r["classifier_accuracy"] for r in rs], "{:.1f}", 100),
+                         "s / image": pm([r["sec_per_image"] for r in rs], "{:.4f}"),
+                         "GFLOPs / image": f"{rs[0]['flops_per_image'] / 1e9:.3f}"})
+            for s in specs:
+                st = [r["train"][s.name] for r in rs]
+                bands = ", ".join(f"x{f}: {b:g}->{c:g}" for f, b, c in zip(s.band_factors, s.band_starts,
+                                                                            s.band_cutoffs)) or "none (plain EDM)"
+                stage_rows.append({"arm": f"{ARM_NAMES[arm]} {res} px", "stage": f"{s.resolution} px {s.kind}",
+                                   "sigma range": f"[{s.sigma_min:g}, {s.sigma_max:g}]",
+                                   "P_mean / P_std": f"{s.p_mean:g} / {s.p_std:g}", "bands (start->cutoff)": bands,
+                                   "NFE": s.nfe, "budget share": f"{s.share:.0%}",
+                                   "CPU-min": f"{a.budgets[res] * s.share / 60:.2f}",
+                                   "steps": f"{statistics.fmean(x['steps'] for x in st):.0f}",
+                                   "images seen": f"{statistics.fmean(x['images'] for x in st):.0f}"})
+        lines += verdict(res, records[res])
+    real_acc = records[a.resolutions[0]]["edm"][0].get("classifier_real_accuracy", math.nan)
+    print(f"\nFashion-MNIST, {a.num_images} generated vs {a.num_reference} real test images per FID, {a.solver}, "
+          f"guidance {a.guidance}, cutoff {a.cutoff:g}, seeds {a.seeds}, equal CPU budget per arm "
+          f"({', '.join(f'{r} px: {a.budgets[r] / 60:g} min' for r in a.resolutions)}, {a.train_threads} training "
+          f"thread(s)); mean ± std over seeds. Classifier accuracy on held-out real images: {real_acc:.1%}.\n")
+    print(markdown_table(rows, first=tuple(rows[0]), metrics=()))
+    print("\nStages (training settings; steps and images are means over seeds):\n")
+    print(markdown_table(stage_rows, first=tuple(stage_rows[0]), metrics=()))
+    print("\n" + "\n".join(lines))
+    summary["verdict"] = lines
+    summary["total_wall_s"] = time.perf_counter() - t_start
     (out / "results.json").write_text(json.dumps(summary, indent=1, default=float))
-    print(f"\nFashion-MNIST 32 px, {a.num_images} generated vs {len(ref_u8)} real test images per FID "
-          f"(biased high at this size), {a.solver}, guidance {a.guidance}, equal CPU budget "
-          f"{a.budget_cpu_min:g} min per method; Laplacian NFE = {a.nfe_low} @16px + {a.nfe - a.nfe_low} @32px, "
-          f"cutoff {a.cutoff:g} @32px. Classifier accuracy on held-out real images: "
-          f"{edm.get('classifier_real_accuracy', float('nan')):.1%}.\n")
-    print(table)
-    print(f"\nFLOPs ratio lap/edm: {summary['flops_ratio']:.3f}; total wall time {summary['total_wall_s']:.0f} s; "
-          f"checkpoints and sample grids in {out}")
+    print(f"\ntotal wall time {summary['total_wall_s']:.0f} s; results, sample grids and EMA weights in {out}")
     fmt = (lambda v: f"{v:.2f}" if math.isfinite(v) else "nan")
-    print(f"laplacian_vs_edm: fid_lap={fmt(lap['fid'])} fid_edm={fmt(edm['fid'])} sample_time_ratio={ratio:.3f}")
+    keys = []
+    for res in a.resolutions:
+        tag = "" if res == 32 else str(res)
+        fl, fe = (mean_std([r["fid"] for r in records[res][arm]])[0] for arm in ("lap", "edm"))
+        ratio = (mean_std([r["sec_per_image"] for r in records[res]["lap"]])[0]
+                 / mean_std([r["sec_per_image"] for r in records[res]["edm"]])[0])
+        keys.append(f"fid_lap{tag}={fmt(fl)} fid_edm{tag}={fmt(fe)} sample_time_ratio{tag}={ratio:.3f}")
+    print("laplacian_vs_edm: " + " ".join(keys))
     return summary
 
 

@@ -68,7 +68,9 @@ def fit_recipe(args: list[str], run: Path, minutes: float, max_steps: int | None
 
     from lit_edify.commands.fit import build_cli
 
-    args = [*args, "--trainer.max_time", f"00:00:{int(minutes):02d}:{int(60 * (minutes % 1)):02d}",
+    days, rest = divmod(int(round(60 * minutes)), 86_400)
+    max_time = f"{days:02d}:{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"  # Lightning's DD:HH:MM:SS
+    args = [*args, "--trainer.max_time", max_time,
             "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run),
             "--trainer.enable_progress_bar", "false"]
     if max_steps is not None:
