@@ -95,3 +95,31 @@ def test_cli_resume_with_ckpt_path_rebuilds_the_module_from_its_checkpoint(tmp_p
     assert main(["fit", *common, "--trainer.max_steps", "3", "--ckpt_path", str(ckpt)]) == 0
     resumed = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 3 and resumed["hyper_parameters"]["noise"] == hp["noise"]
+
+
+def test_lr_schedule_warmup_constant_then_linear_decay_to_zero():
+    from lit_edify.modules.mixin import lr_factor
+
+    f = [lr_factor(s, warmup_steps=4, total_steps=20, decay_fraction=0.25) for s in range(21)]
+    assert f[:4] == [0.25, 0.5, 0.75, 1.0] and f[4:15] == [1.0] * 11   # warmup, then constant
+    assert f[15:] == [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]                     # the last 5 = 25% of 20 steps: linear to 0
+    assert [lr_factor(s, 4) for s in (3, 10_000)] == [1.0, 1.0]            # no decay: constant forever
+    with pytest.raises(ValueError, match=r"decay_fraction must be in \[0, 1\)"):
+        OptimConfig(decay_fraction=1.0)
+
+
+def test_decay_fraction_follows_the_trainers_max_steps(tmp_path):
+    """Through LightningCLI: the rate the last step used is lr / decay_steps and the rate after it is exactly 0; a
+    decay with no max_steps fails with a message naming the fix."""
+    from test_cli import TINY  # tests/ is on sys.path under pytest
+
+    args = [*TINY, "--trainer.logger", "false", "--trainer.enable_checkpointing", "false", "--trainer.callbacks", "[]",
+            "--model.init_args.optim", json.dumps({"lr": 0.01, "warmup_steps": 1, "decay_fraction": 0.5})]
+    cli = build_cli([*args, "--trainer.max_steps", "4"], run=False)
+    seen = []
+    cli.model.on_train_batch_start = lambda *a: seen.append(cli.trainer.optimizers[0].param_groups[0]["lr"])
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert seen == pytest.approx([0.01, 0.01, 0.01, 0.005]) and cli.trainer.optimizers[0].param_groups[0]["lr"] == 0
+    cli = build_cli([*args, "--trainer.max_steps", "-1", "--trainer.max_epochs", "-1"], run=False)
+    with pytest.raises(ValueError, match="set trainer.max_steps"):
+        cli.model.configure_optimizers()

@@ -69,12 +69,21 @@ class ConditioningConfig:
 @dataclass
 class OptimConfig:
     """AdamW with linear warmup over ``warmup_steps`` then a constant learning rate (Sec. 3.5); ``fused`` uses
-    AdamW's fused kernel (CPU and CUDA)."""
+    AdamW's fused kernel (CPU and CUDA).
+
+    ``decay_fraction`` > 0 ends training with a linear decay to 0 over that fraction of the trainer's total steps
+    (warmup-stable-decay): for a run with a fixed step budget, such as the quickstart, the annealed weights are
+    what the budget buys. 0 (paper scale: open-ended training, EMA only) keeps the rate constant."""
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 0.01
     warmup_steps: int = 1000
     fused: bool = True
+    decay_fraction: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.decay_fraction < 1.0:
+            raise ValueError(f"decay_fraction must be in [0, 1), got {self.decay_fraction}")
 
 
 @dataclass

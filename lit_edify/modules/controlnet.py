@@ -23,7 +23,7 @@ from lit_edify.diffusion.plans import sample_plan
 from lit_edify.nn.controlnet import HINT_CHANNELS, ControlNet, check_hint_type
 
 from .config import DiffusionConfig, OptimConfig, SamplingConfig, coerce
-from .mixin import LABELS, LaplacianDiffusionMixin, adamw_with_warmup
+from .mixin import LABELS, LaplacianDiffusionMixin, adamw_with_warmup, planned_steps
 from .registry import register
 
 Tensor = torch.Tensor
@@ -206,13 +206,13 @@ class ControlNetModule(LaplacianDiffusionMixin, L.LightningModule):
 
     def configure_optimizers(self):
         """AdamW over the ControlNet only (the base has no trainable parameters), zero-initialised layers at
-        ``lr * projection_lr_scale``; linear warmup then constant."""
+        ``lr * projection_lr_scale``; linear warmup, constant, optional final decay."""
         lr, cn = self.cfg.optim.lr, self.controlnet
         zero = {id(p) for m in (*cn.zero_convs, cn.mid_out, cn.hint_block.convs[-1]) for p in m.parameters()}
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if id(p) not in zero], "lr": lr},
                   {"params": [p for p in params if id(p) in zero], "lr": lr * self.hparams.projection_lr_scale}]
-        return adamw_with_warmup(groups, self.cfg.optim)
+        return adamw_with_warmup(groups, self.cfg.optim, planned_steps(self))
 
     # ----------------------------------------------------------------------------------- sampling
     def stage(self, captions: list[str], *, hint: Tensor | None = None, weight: float | Tensor | None = None,

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_edify.modules.config import OptimConfig, coerce
-from lit_edify.modules.mixin import adamw_with_warmup
+from lit_edify.modules.mixin import adamw_with_warmup, planned_steps
 from lit_edify.modules.registry import record_class, register
 from lit_edify.panorama.camera import LOG_EPS, VirtualCamera, hdr_metrics, inverse_crf, srgb_decode
 
@@ -189,7 +189,7 @@ class LDR2HDR(L.LightningModule):
                        base["log_l1"]}, batch_size=hdr.shape[0])
 
     def configure_optimizers(self):
-        return adamw_with_warmup([{"params": list(self.net.parameters())}], self.optim)
+        return adamw_with_warmup([{"params": list(self.net.parameters())}], self.optim, planned_steps(self))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         record_class(self, checkpoint)

@@ -10,6 +10,7 @@ for validation; checkpoints store EMA weights as ``state_dict``).
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from contextlib import contextmanager
@@ -41,16 +42,38 @@ def shared_text_encoder(name_or_path: str, max_length: int) -> TextEncoder:
     return _TEXT_ENCODERS[key]
 
 
-def adamw_with_warmup(groups: list[dict], optim: OptimConfig) -> dict:
+def lr_factor(step: int, warmup_steps: int, total_steps: int | None = None, decay_fraction: float = 0.0) -> float:
+    """Learning-rate multiplier at optimizer ``step`` (0-based): linear warmup to 1 over ``warmup_steps``, constant,
+    then (``decay_fraction`` > 0 and ``total_steps`` known) linear decay reaching 0 at ``total_steps``."""
+    f = min(1.0, (step + 1) / max(1, warmup_steps))
+    if decay_fraction > 0 and total_steps:
+        decay = max(1, round(decay_fraction * total_steps))
+        f = min(f, max(0.0, (total_steps - step) / decay))
+    return f
+
+
+def planned_steps(module) -> int | None:
+    """The attached trainer's total optimizer steps (``estimated_stepping_batches``), or None when there is no
+    trainer or training is open-ended."""
+    trainer = getattr(module, "_trainer", None)
+    total = trainer.estimated_stepping_batches if trainer is not None else math.inf
+    return int(total) if math.isfinite(total) else None
+
+
+def adamw_with_warmup(groups: list[dict], optim: OptimConfig, total_steps: int | None = None) -> dict:
     """Lightning optimizer config: AdamW over parameter ``groups`` (a group without "lr" uses ``optim.lr``), linear
-    warmup over ``optim.warmup_steps`` then constant; ``optim.fused`` uses the fused kernel (CPU and CUDA: every
-    tensor in one pass instead of ~10 ops per tensor)."""
+    warmup over ``optim.warmup_steps``, constant, then the optional final decay of ``optim.decay_fraction`` of
+    ``total_steps`` (:func:`lr_factor`); ``optim.fused`` uses the fused kernel (CPU and CUDA: every tensor in one
+    pass instead of ~10 ops per tensor)."""
+    if optim.decay_fraction > 0 and not total_steps:
+        raise ValueError("optim.decay_fraction > 0 needs a known number of training steps: set trainer.max_steps")
     params = [p for g in groups for p in g["params"]]
     fused = optim.fused and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     opt = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay,
                             fused=fused or None)
-    warm = max(1, optim.warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, functools.partial(lr_factor, warmup_steps=optim.warmup_steps, total_steps=total_steps,
+                               decay_fraction=optim.decay_fraction))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
@@ -246,8 +269,9 @@ class LaplacianDiffusionMixin:
             self.net.compile()
 
     def configure_optimizers(self):
-        """AdamW with linear warmup then a constant learning rate (Sec. 3.5)."""
-        return adamw_with_warmup([{"params": [p for p in self.parameters() if p.requires_grad]}], self.cfg.optim)
+        """AdamW with linear warmup then a constant learning rate (Sec. 3.5), optionally a final decay."""
+        return adamw_with_warmup([{"params": [p for p in self.parameters() if p.requires_grad]}], self.cfg.optim,
+                                 planned_steps(self))
 
     # ----------------------------------------------------------------------------------- sampling
     def image_shape(self, aspect: str = "1:1") -> tuple[int, int]:

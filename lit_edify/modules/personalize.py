@@ -31,7 +31,7 @@ from lit_edify.personalization import freeze_except, trainable_fraction
 
 from .config import OptimConfig, SamplingConfig
 from .controlnet import load_frozen_base, on_frozen_base
-from .mixin import LABELS, LaplacianDiffusionMixin, adamw_with_warmup
+from .mixin import LABELS, LaplacianDiffusionMixin, adamw_with_warmup, planned_steps
 from .registry import register
 
 Tensor = torch.Tensor
@@ -174,5 +174,6 @@ class Personalize(LaplacianDiffusionMixin, L.LightningModule):
 
     def configure_optimizers(self):
         """AdamW over the selected tensors only, linear warmup then constant."""
-        return adamw_with_warmup([{"params": [p for p in self.net.parameters() if p.requires_grad]}], self.cfg.optim)
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        return adamw_with_warmup([{"params": params}], self.cfg.optim, planned_steps(self))
 
