@@ -207,3 +207,21 @@ def test_one_level_wavelet_unet_runs_at_16x16_grid_for_32px():
     x, c_noise, ctx, mask = _inputs(h=32, w=32)
     out = model(x, c_noise, ctx, mask)
     assert out.shape == x.shape and out.abs().sum() > 0
+
+
+def test_opponent_colour_unet_is_the_rgb_unet_in_the_rotated_basis():
+    """Same weights: F_opponent(x) = M^T F_rgb(M x) with M the orthonormal opponent basis, so the option changes
+    only the channel basis the network works in, and in_channels other than 3 are refused."""
+    from lit_edify.nn.wavelet import from_opponent, to_opponent
+
+    torch.manual_seed(0)
+    rgb = _perturbed(build_unet("tiny", pos_embed_size=8))
+    opp = build_unet("tiny", pos_embed_size=8, opponent_colour=True)
+    opp.load_state_dict(rgb.state_dict())
+    x, c, ctx, mask = _inputs(h=32, w=32)
+    with torch.no_grad():
+        want = from_opponent(rgb(to_opponent(x), c, ctx, mask))
+        got = opp(x, c, ctx, mask)
+    assert got.abs().max() > 1e-2 and torch.allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match="in_channels=3"):
+        build_unet("tiny", in_channels=1, opponent_colour=True)

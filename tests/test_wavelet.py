@@ -77,3 +77,21 @@ def test_one_level_matches_pywt_dwt2_and_inverts():
     assert (inverse_haar_packet(c, levels=1) - x.float()).abs().max() < 1e-6
     with pytest.raises(ValueError, match="levels"):
         haar_packet(x.float(), levels=3)
+
+
+def test_opponent_colour_basis_is_orthonormal_and_separates_grey_from_chroma():
+    from lit_edify.nn.wavelet import OPPONENT, from_opponent, to_opponent
+
+    assert torch.allclose(OPPONENT @ OPPONENT.T, torch.eye(3, dtype=torch.float64), atol=1e-15)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    assert torch.allclose(from_opponent(to_opponent(x)), x, atol=1e-12)
+    assert torch.allclose(to_opponent(x).square().sum(1), x.square().sum(1), atol=1e-12)   # white noise stays white
+    grey = torch.randn(2, 1, 8, 8, dtype=torch.float64).expand(-1, 3, -1, -1)
+    y = to_opponent(grey)
+    assert torch.allclose(y[:, 0], 3 ** 0.5 * grey[:, 0], atol=1e-12) and y[:, 1:].abs().max() < 1e-12
+    red = torch.zeros(1, 3, 1, 1, dtype=torch.float64)
+    red[:, 0] = 1
+    assert torch.allclose(to_opponent(red).flatten(), torch.tensor([3 ** -0.5, 2 ** -0.5, 6 ** -0.5],
+                                                                   dtype=torch.float64))
+    with pytest.raises(ValueError, match="RGB"):
+        to_opponent(torch.zeros(1, 4, 8, 8))

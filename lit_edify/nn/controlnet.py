@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lit_edify.nn.unet import EdifyUNet, _zero, add_pos_embed, feature_canvas
+from lit_edify.nn.unet import EdifyUNet, _zero, add_pos_embed, feature_canvas, input_coefficients
 from lit_edify.nn.wavelet import haar_packet
 
 __all__ = ["ControlNet", "HINT_CHANNELS", "HintBlock", "TASKS", "check_hint_type", "control_weight", "sum_residuals"]
@@ -105,6 +105,7 @@ class ControlNet(nn.Module):
             raise ValueError(f"hint_channels must be >= 1, got {hint_channels}")
         self.in_channels, self.extra_in_channels = unet.in_channels, unet.extra_in_channels
         self.hint_channels, self.wavelet_levels = hint_channels, unet.wavelet_levels
+        self.opponent_colour = unet.opponent_colour
         self.resolution_multiple, self.use_checkpoint = unet.resolution_multiple, unet.use_checkpoint
         for name in ("map_noise", "map_layer0", "map_layer1", "conv_in", "enc", "mid"):
             setattr(self, name, copy.deepcopy(getattr(unet, name)))
@@ -158,9 +159,7 @@ class ControlNet(nn.Module):
 
         emb = F.silu(self.map_layer1(F.silu(self.map_layer0(self.map_noise(c_noise)))))
 
-        h = haar_packet(x, self.wavelet_levels)
-        if extra is not None:
-            h = torch.cat([h, haar_packet(extra.to(x.dtype), self.wavelet_levels)], dim=1)
+        h = input_coefficients(x, extra, self.wavelet_levels, self.opponent_colour)
         h = add_pos_embed(self.conv_in(h), self.pos_embed, feature_canvas(canvas, self.wavelet_levels))
         h = h + self.hint_block(hint.to(x.dtype)).to(h.dtype)
 

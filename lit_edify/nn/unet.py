@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lit_edify.nn.wavelet import haar_packet, inverse_haar_packet
+from lit_edify.nn.wavelet import from_opponent, haar_packet, inverse_haar_packet, to_opponent
 
 __all__ = ["Attention", "EdifyUNet", "FourierEmbedding", "ResBlock"]
 
@@ -78,6 +78,15 @@ def add_pos_embed(h: Tensor, pos: Tensor | None, canvas: tuple[int, int, int, in
     if pos.shape[-2:] != h.shape[-2:]:
         pos = F.interpolate(pos, size=h.shape[-2:], mode="bilinear", align_corners=False)
     return h + pos.to(h.dtype)
+
+
+def input_coefficients(x: Tensor, extra: Tensor | None, levels: int, opponent: bool) -> Tensor:
+    """The network's input: the Haar packet of x (in the opponent colour basis when ``opponent``), then that of
+    ``extra`` (as given: a low-res image or a control signal keeps its own channels)."""
+    h = haar_packet(to_opponent(x) if opponent else x, levels)
+    if extra is not None:
+        h = torch.cat([h, haar_packet(extra.to(x.dtype), levels)], dim=1)
+    return h
 
 
 def feature_canvas(canvas: tuple[int, int, int, int] | None, levels: int) -> tuple[int, int, int, int] | None:
@@ -229,6 +238,13 @@ class EdifyUNet(nn.Module):
             nearly the same features, so D(sigma) interpolates between trained noise levels. NCSN++'s 16
             makes neighbouring sigmas nearly orthogonal (a lookup table), which slows training and
             makes samplers with many steps visit noise levels the network has barely seen.
+        opponent_colour: run the network in an orthonormal opponent colour basis (luma, red-green, yellow-blue;
+            ``lit_edify.nn.wavelet.OPPONENT``) instead of RGB: x is rotated before the packet and F rotated back.
+            The diffusion is unchanged (the basis is orthonormal), but every output channel, and the linear skip's
+            per-channel gain, now acts on luma or on chroma alone. Natural images, and greyscale ones exactly,
+            have little chroma in their fine detail, so the noise there can be cancelled channel by channel;
+            in RGB the same needs the network to learn that R, G and B detail agree, and while it has not, the
+            residual shows as coloured grain. Needs ``in_channels = 3``.
     """
 
     def __init__(self, in_channels: int = 3, extra_in_channels: int = 0, model_channels: int = 64,
@@ -236,7 +252,8 @@ class EdifyUNet(nn.Module):
                  attention_levels: tuple[int, ...] = (2,), context_dim: int = 256,
                  num_heads: int | None = None, head_dim: int = 32, dropout: float = 0.0,
                  pos_embed_size: int | None = 16, use_checkpoint: bool = False,
-                 fourier_scale: float = 1.0, linear_skip: bool = False, wavelet_levels: int = 2):
+                 fourier_scale: float = 1.0, linear_skip: bool = False, wavelet_levels: int = 2,
+                 opponent_colour: bool = False):
         super().__init__()
         channel_mult, attention_levels = tuple(channel_mult), tuple(attention_levels)
         bad = [i for i in attention_levels if not 0 <= i < len(channel_mult)]
@@ -249,6 +266,9 @@ class EdifyUNet(nn.Module):
         if wavelet_levels not in (1, 2):
             raise ValueError(f"wavelet_levels must be 1 or 2, got {wavelet_levels}")
         self.wavelet_levels = wavelet_levels
+        if opponent_colour and in_channels != 3:
+            raise ValueError(f"opponent_colour needs in_channels=3 (RGB), got {in_channels}")
+        self.opponent_colour = opponent_colour
         self.resolution_multiple = 2 ** wavelet_levels * 2 ** (len(channel_mult) - 1)
         wav = 4 ** wavelet_levels  # wavelet coefficients per pixel channel
 
@@ -358,10 +378,7 @@ class EdifyUNet(nn.Module):
         emb = F.silu(self.map_layer0(self.map_noise(c_noise)))
         emb = F.silu(self.map_layer1(emb))
 
-        h = haar_packet(x, self.wavelet_levels)
-        if extra is not None:
-            h = torch.cat([h, haar_packet(extra.to(x.dtype), self.wavelet_levels)], dim=1)
-        wav_in = h
+        h = wav_in = input_coefficients(x, extra, self.wavelet_levels, self.opponent_colour)
         h = add_pos_embed(self.conv_in(h), self.pos_embed, feature_canvas(canvas, self.wavelet_levels))
 
         skips = [h]
@@ -384,4 +401,5 @@ class EdifyUNet(nn.Module):
         if self.skip_proj is not None:
             gain = self.skip_gain(emb) * torch.exp(-4 * c_noise.float())[:, None]  # g(sigma) / sigma
             h = h + gain[:, :, None, None].to(h.dtype) * self.skip_proj(wav_in)
-        return inverse_haar_packet(h.float(), self.wavelet_levels).to(x.dtype)
+        out = inverse_haar_packet(h.float(), self.wavelet_levels)
+        return (from_opponent(out) if self.opponent_colour else out).to(x.dtype)

@@ -25,11 +25,14 @@ is the 4x4 block mean times 4.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PACKET_NODE_ORDER", "HaarPacket2D", "haar_packet", "inverse_haar_packet"]
+__all__ = ["OPPONENT", "PACKET_NODE_ORDER", "HaarPacket2D", "from_opponent", "haar_packet", "inverse_haar_packet",
+           "to_opponent"]
 
 PACKET_NODE_ORDER = tuple(a + b for a in "ahvd" for b in "ahvd")
 
@@ -117,3 +120,25 @@ class HaarPacket2D(nn.Module):
 
     def inverse(self, c: Tensor) -> Tensor:
         return inverse_haar_packet(c)
+
+
+#: Orthonormal opponent colour basis, one row per output channel: luma (R + G + B) / sqrt(3), red-green
+#: (R - G) / sqrt(2) and yellow-blue (R + G - 2B) / sqrt(6). Orthonormal, so white Gaussian noise stays white
+#: with the same sigma and the diffusion process is unchanged; only the network's channel basis changes.
+OPPONENT = torch.tensor([[1 / math.sqrt(3)] * 3,
+                         [1 / math.sqrt(2), -1 / math.sqrt(2), 0.0],
+                         [1 / math.sqrt(6), 1 / math.sqrt(6), -2 / math.sqrt(6)]], dtype=torch.float64)
+
+
+def to_opponent(x: Tensor) -> Tensor:
+    """(B, 3, H, W) RGB -> (B, 3, H, W) in the :data:`OPPONENT` basis (luma, red-green, yellow-blue)."""
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"to_opponent expects (B, 3, H, W) RGB, got {tuple(x.shape)}")
+    return torch.einsum("oc,bchw->bohw", OPPONENT.to(x.device, x.dtype), x)
+
+
+def from_opponent(y: Tensor) -> Tensor:
+    """Inverse of :func:`to_opponent` (the transpose: the basis is orthonormal)."""
+    if y.ndim != 4 or y.shape[1] != 3:
+        raise ValueError(f"from_opponent expects (B, 3, H, W), got {tuple(y.shape)}")
+    return torch.einsum("oc,bohw->bchw", OPPONENT.to(y.device, y.dtype), y)
