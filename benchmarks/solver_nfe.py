@@ -1,18 +1,19 @@
 """FID against NFE (8, 16, 32, 64 denoiser evaluations per image) for each solver on one trained tiny model.
 
-    python benchmarks/solver_nfe.py                     # ~8-10 min on 2 CPU cores after laplacian_vs_edm.py
+    python benchmarks/solver_nfe.py                  # ~15 min on 2 cores after benchmarks/real_data_quality.py
 
-Model: the plain-EDM 32 px Fashion-MNIST checkpoint of ``benchmarks/laplacian_vs_edm.py``
-(``runs/laplacian_vs_edm/edm32.ckpt``); when it is missing, the same model is trained here for
-``--train-cpu-min`` CPU minutes and saved to ``runs/solver_nfe/edm32.ckpt`` (the output says which).
-A single-stage model keeps the NFE accounting plain: ``nfe`` steps for ddim / dpmpp_2m / euler, and for Heun
-``nfe / 2`` steps, i.e. ``nfe - 1`` evaluations (its last step, to sigma = 0, is an Euler step).
+Model: a single-stage Fashion-MNIST checkpoint, by default the one ``benchmarks/real_data_quality.py`` (the
+Fashion-MNIST quickstart recipe, trained through LightningCLI) leaves; train one with
+``lit-edify quickstart --data fashion-mnist`` if it is missing. A single-stage model keeps the NFE accounting
+plain: ``nfe`` steps for ddim / dpmpp_2m / euler, and for Heun ``nfe / 2`` steps, i.e. ``nfe - 1`` evaluations
+(its last step, to sigma = 0, is an Euler step).
 
 Every (solver, NFE) pair generates the same ``--num-images`` prompts (class captions of the reference, mixed
-classes) with the same seeds and guidance, scored with FID / KID against ``--num-reference`` real
-Fashion-MNIST test images (the reference of laplacian_vs_edm.py, so its Inception features come from the
-cache) and with the caption classifier. With a few hundred generated images FID is biased high (its bias
-falls roughly like 1/N), so compare rows with each other, not with published FIDs.
+classes) with the same seeds and guidance (default: the checkpoint's), scored with FID / KID (TF-Inception)
+against ``--num-reference`` real Fashion-MNIST test images and with the caption classifier, through the
+quickstart's evaluator and its cache (``runs/.cache/metrics``: the reference features and the classifier are
+computed once). With a few hundred generated images FID is biased high (its bias falls roughly like 1/N), so
+compare rows with each other, not with published FIDs.
 
 The last line is ``solver_nfe: nfe_within_5pct_of_best=<n>``: the smallest NFE at which some solver's FID is
 within 5% of the best FID in the table.
@@ -28,13 +29,12 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import laplacian_vs_edm as lve  # noqa: E402  (also puts the repository root on sys.path)
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from lit_edify.benchmark import expected_nfe, markdown_table, run_grid  # noqa: E402
 
-OUT = lve.ROOT / "runs" / "solver_nfe"
+OUT = ROOT / "runs" / "solver_nfe"
 
 
 def steps_for(solver: str, nfe: int) -> int:
@@ -50,14 +50,15 @@ def within_5pct(records: list[dict]) -> int:
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", default=str(lve.OUT / "edm32.ckpt"), help="single-stage model checkpoint")
+    p.add_argument("--ckpt", default=str(ROOT / "runs/real_data_quality_fashion-mnist/version_0/checkpoints/final.ckpt"),
+                   help="single-stage Fashion-MNIST model checkpoint (.ckpt / .safetensors)")
     p.add_argument("--nfe", default="8,16,32,64")
     p.add_argument("--solvers", default="ddim,dpmpp_2m,euler,heun")
     p.add_argument("--num-images", type=int, default=200, help="generated images per (solver, NFE)")
-    p.add_argument("--num-reference", type=int, default=1000)
-    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--num-reference", type=int, default=10000, help="real test images (FID / KID reference)")
+    p.add_argument("--guidance", type=float, default=None, help="default: the checkpoint's")
     p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--train-cpu-min", type=float, default=4.0, help="training budget when --ckpt is missing")
+    p.add_argument("--data-root", default=str(ROOT / "data"), help="where the quickstart prepares its datasets")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(OUT))
     return p.parse_args(argv)
@@ -68,6 +69,7 @@ def main(argv=None) -> dict:
 
     from lit_edify.metrics import GeneratorEvaluator
     from lit_edify.pipelines.text2image import load_module
+    from lit_edify.quickstart import prepare_data
 
     a = parse(argv)
     torch.set_num_threads(a.threads)
@@ -76,28 +78,21 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     nfes = [int(n) for n in a.nfe.split(",")]
     solvers = a.solvers.split(",")
-    test_dir = lve.ensure_fashion(lve.ROOT / "data" / "fashion_mnist_test", "test", a.num_reference)
-    ref_u8, ref_caps = lve.load_images(test_dir, a.num_reference, lve.OUT / "cache")
     ckpt = Path(a.ckpt)
-    if ckpt.is_file():
-        model = load_module(ckpt)
-        source = f"reused {ckpt} (trained by benchmarks/laplacian_vs_edm.py)"
-    else:
-        train_dir = lve.ensure_fashion(lve.ROOT / "data" / "fashion_mnist", "train", 20000)
-        train_u8, train_caps = lve.load_images(train_dir, 20000, lve.OUT / "cache")
-        torch.manual_seed(0)
-        model = lve.edm_model(32, a.guidance)
-        stats = lve.train_cpu_budget(model, train_u8, train_caps, 60 * a.train_cpu_min, label="EDM 32px")
-        ckpt = out / "edm32.ckpt"
-        lve.save_ckpt(model, ckpt)
-        source = (f"{ckpt} not found at --ckpt; trained plain EDM 32 px here: {stats['steps']} steps in "
-                  f"{stats['cpu_s']:.0f} CPU s, saved to {ckpt}")
+    if not ckpt.is_file():
+        raise SystemExit(f"{ckpt} not found: train it with `python benchmarks/real_data_quality.py` or "
+                         "`lit-edify quickstart --data fashion-mnist`, or pass --ckpt")
+    model = load_module(ckpt).eval()
     if "factor" in model.hparams:
         raise SystemExit(f"{ckpt} is an upsampler; give a single-stage (BaseModel) checkpoint")
+    a.guidance = model.cfg.sampling.guidance if a.guidance is None else a.guidance
+    source = str(ckpt)
     print(f"model: {source}", flush=True)
-    evaluator = GeneratorEvaluator(lve.reference_batches(ref_u8, ref_caps), fid=True, kid=True,
-                                   adherence="classifier", seed=0).prepare()
-    prompts = evaluator.default_prompts(a.num_images)  # the reference is in seeded random order: mixed classes
+    _, test_dir = prepare_data("fashion-mnist", Path(a.data_root))
+    evaluator = GeneratorEvaluator(str(test_dir), adherence="classifier", num_reference=a.num_reference,
+                                   cache_dir=ROOT / "runs" / ".cache" / "metrics", batch_size=100).prepare()
+    order = torch.randperm(len(evaluator.reference_prompts), generator=torch.Generator().manual_seed(0))
+    prompts = [dict(evaluator.reference_prompts[int(i)]) for i in order[:a.num_images]]  # mixed classes
 
     def make_generate(solver: str, steps: int):
         def generate(captions, **kw):
@@ -126,7 +121,7 @@ def main(argv=None) -> dict:
         row = {r["nominal_nfe"]: r["fid"] for r in records if r["solver"] == s}
         pivot.append(f"| {s} | " + " | ".join(f"{row[n]:.2f}" for n in nfes) + " |")
     print(f"\nmodel: {source}")
-    print(f"{a.num_images} generated vs {len(ref_u8)} real Fashion-MNIST test images per FID (biased high at this "
+    print(f"{a.num_images} generated vs {a.num_reference} real Fashion-MNIST test images per FID (biased high at this "
           f"size: compare rows only), guidance {a.guidance}, same prompts and seeds for every row. Heun's NFE is "
           f"the nominal one minus 1.\n")
     print(markdown_table(records) + "\n")
