@@ -244,7 +244,8 @@ class EdifyUNet(nn.Module):
             per-channel gain, now acts on luma or on chroma alone. Natural images, and greyscale ones exactly,
             have little chroma in their fine detail, so the noise there can be cancelled channel by channel;
             in RGB the same needs the network to learn that R, G and B detail agree, and while it has not, the
-            residual shows as coloured grain. Needs ``in_channels = 3``.
+            residual shows as coloured grain. Needs ``in_channels = 3``. Measured: on greyscale data it removes
+            the coloured grain, on the colourful shapes data it loses object colour (docs/quickstart_ablations.md).
     """
 
     def __init__(self, in_channels: int = 3, extra_in_channels: int = 0, model_channels: int = 64,
