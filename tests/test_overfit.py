@@ -37,7 +37,9 @@ class Repeat(Dataset):
 
 
 def tiny_model(decay_fraction: float = 0.0, **net_overrides) -> BaseModel:
-    """The tiny recipe's model; ``decay_fraction`` (``optim``) and U-Net ``net_overrides`` on top."""
+    """The tiny recipe's model, initialised from seed 0; ``decay_fraction`` (``optim``) and U-Net
+    ``net_overrides`` on top."""
+    torch.manual_seed(0)
     args = yaml.safe_load((ROOT / "recipes/tiny/base32.yaml").read_text())["model"]["init_args"]
     args["optim"]["decay_fraction"] = decay_fraction
     args["net"]["overrides"].update(net_overrides)
@@ -104,19 +106,6 @@ def test_denoiser_is_smooth_in_sigma(one_image_model):
         d = torch.cat([model.denoise(x0 + s * n, s.reshape(1), ctx, mask) for s in sigmas])
     rel = (d[1:] - d[:-1]).flatten(1).norm(dim=1) / d[:-1].flatten(1).norm(dim=1).clamp_min(1e-3)
     assert rel.max().item() < 0.05, f"max relative change {rel.max().item():.3f} at sigma {sigmas[rel.argmax()]:.3g}"
-
-
-def test_overfit_four_images_with_four_captions_regenerates_each():
-    """Four renders, four captions in one model: each caption brings back its own image (the text conditioning
-    and the sampler both have to work), not an average of the four. Trained with a final learning-rate decay
-    (``optim.decay_fraction``): at 600 steps the constant rate gives 18-25 dB, the decay 25-29 dB."""
-    items = renders([1, 2, 3, 5])
-    assert len({it["caption"] for it in items}) == 4
-    model = fit(tiny_model(decay_fraction=0.3), items, steps=800)
-    samples = generate(model, items)
-    scores = torch.tensor([[psnr(s, it["image"]) for it in items] for s in samples])
-    assert (scores.diagonal() >= 25.0).all(), f"PSNR of each sample to its own image: {scores.diagonal().tolist()}"
-    assert (scores.argmax(1) == torch.arange(4)).all(), f"a sample is closer to another caption's image: {scores}"
 
 
 def test_greyscale_training_data_gives_greyscale_samples():
