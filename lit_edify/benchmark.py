@@ -66,11 +66,9 @@ def fit_recipe(args: list[str], run: Path, minutes: float, max_steps: int | None
     recipe has the EMA callback). Returns (the LightningCLI, training seconds, checkpoint path)."""
     import sys
 
-    from lit_edify.commands.fit import build_cli
+    from lit_edify.commands.fit import build_cli, max_time_arg
 
-    days, rest = divmod(int(round(60 * minutes)), 86_400)
-    max_time = f"{days:02d}:{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"  # Lightning's DD:HH:MM:SS
-    args = [*args, "--trainer.max_time", max_time,
+    args = [*args, "--trainer.max_time", max_time_arg(minutes),
             "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run),
             "--trainer.enable_progress_bar", "false"]
     if max_steps is not None:

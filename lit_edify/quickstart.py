@@ -102,12 +102,11 @@ def prepare_data(name: str, root: Path) -> tuple[Path, Path]:
 
 # ----------------------------------------------------------------------------------------------- train
 def train(a: argparse.Namespace, configs: list[Path], steps: int, data_root: Path | None):
-    from lit_edify.commands.fit import build_cli
+    from lit_edify.commands.fit import build_cli, max_time_arg
 
-    hours, rest = divmod(int(round(a.max_minutes * 60)), 3600)
     args = [x for c in configs for x in ("--config", str(c))]
     args += ["--trainer.default_root_dir", str(a.out),  # the recipe logger follows it (SuiteCLI)
-             "--trainer.max_steps", str(steps), "--trainer.max_time", f"00:{hours:02d}:{rest // 60:02d}:{rest % 60:02d}",
+             "--trainer.max_steps", str(steps), "--trainer.max_time", max_time_arg(a.max_minutes),
              "--seed_everything", str(a.seed), "--data.init_args.seed", str(a.seed)]
     if data_root is not None:
         args += ["--data.init_args.root", str(data_root)]

@@ -123,3 +123,10 @@ def test_decay_fraction_follows_the_trainers_max_steps(tmp_path):
     cli = build_cli([*args, "--trainer.max_steps", "-1", "--trainer.max_epochs", "-1"], run=False)
     with pytest.raises(ValueError, match="set trainer.max_steps"):
         cli.model.configure_optimizers()
+
+
+def test_max_time_arg_is_lightnings_days_hours_minutes_seconds():
+    from lit_edify.commands.fit import max_time_arg
+
+    assert max_time_arg(12) == "00:00:12:00" and max_time_arg(0.5) == "00:00:00:30"
+    assert max_time_arg(1500.5) == "01:01:00:30"     # 25 h 0 min 30 s: a day, not hour 25

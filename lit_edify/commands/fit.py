@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-__all__ = ["SuiteCLI", "build_cli"]
+__all__ = ["SuiteCLI", "build_cli", "max_time_arg"]
 
 
 class SuiteCLI(LightningCLI):
@@ -75,6 +75,12 @@ _OLD_IN_ARG = re.compile(r"(?:^|=)" + _OLD)
 
 class MovedClassPathError(ValueError):
     """A recipe or argument names ``data_modules.X`` / ``callbacks.X``, now ``lit_edify.data_modules.X`` / ..."""
+
+
+def max_time_arg(minutes: float) -> str:
+    """``minutes`` as Lightning's ``trainer.max_time`` string ``DD:HH:MM:SS`` (rounded to the second)."""
+    days, rest = divmod(int(round(60 * minutes)), 86_400)
+    return f"{days:02d}:{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
 
 
 def check_moved_class_paths(args: list[str]) -> None:

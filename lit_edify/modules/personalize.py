@@ -173,7 +173,7 @@ class Personalize(LaplacianDiffusionMixin, L.LightningModule):
         return super().diffusion_loss(batch)
 
     def configure_optimizers(self):
-        """AdamW over the selected tensors only, linear warmup then constant."""
+        """AdamW over the selected tensors only: linear warmup, constant, optional final decay."""
         params = [p for p in self.net.parameters() if p.requires_grad]
         return adamw_with_warmup([{"params": params}], self.cfg.optim, planned_steps(self))
 
