@@ -35,3 +35,20 @@ def test_channel_spread_is_zero_for_grey_and_exact_for_a_colour():
     assert channel_spread(grey) == 0.0
     red = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
     assert channel_spread(red) == pytest.approx(2.0)
+
+
+def test_noise_kept_is_one_for_identity_zero_for_the_oracle_and_the_gain_of_a_shrinker():
+    from lit_edify.metrics.artifacts import noise_kept
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
+    n = torch.randn(x0.shape, generator=g)
+    region = (torch.rand(4, 1, 16, 16, generator=g) > 0.5).float()
+    assert noise_kept(lambda x, s: x, x0, region, 0.1, n) == pytest.approx(1.0, abs=1e-6)
+    assert noise_kept(lambda x, s: x0.clone(), x0, region, 0.1, n) == pytest.approx(0.0, abs=1e-6)
+    assert noise_kept(lambda x, s: x0 + 0.3 * (x - x0), x0, region, 0.2, n) == pytest.approx(0.3, abs=1e-6)
+    # only the region counts: noise left outside it does not
+    inside = lambda x, s: x0 + (x - x0) * (1 - region)  # noqa: E731
+    assert noise_kept(inside, x0, region, 0.1, n) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="region"):
+        noise_kept(lambda x, s: x, x0, region[:, :, :8], 0.1, n)

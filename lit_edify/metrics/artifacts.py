@@ -6,6 +6,9 @@
   same for real images and artefact-free samples, and grows with tiling.
 * :func:`channel_spread` -- colour where there should be none: the mean over pixels of
   ``max_c x - min_c x``, 0 for greyscale images.
+* :func:`noise_kept` -- the denoiser's share of the input noise left in its output on a region where the
+  answer is known to be (near) noise-free, e.g. the inside of flat objects. A sampler integrates what the
+  denoiser leaves: kept noise at sigma <= 0.3 is the grain of the final samples.
 
 Images are float in [-1, 1], (N, C, H, W); both functions return Python floats in that scale.
 """
@@ -44,3 +47,21 @@ def channel_spread(images: Tensor) -> float:
         raise ValueError(f"need (N, C, H, W), got {tuple(images.shape)}")
     x = images.double()
     return float((x.amax(1) - x.amin(1)).mean())
+
+
+def noise_kept(denoiser, x0: Tensor, region: Tensor, sigma: float, noise: Tensor) -> float:
+    """Least-squares share of the noise that ``D(x0 + sigma n) - x0`` still holds on ``region``.
+
+    ``<D - x0, n>_region / (sigma <n, n>_region)``: 1 = the noise passes untouched, 0 = fully removed (the
+    right answer where the clean image is flat and the model knows it). ``denoiser(x, sigma_batch) -> D``;
+    x0, noise (N, C, H, W); region (N, 1, H, W) weights in [0, 1]. Plain EDM noising ``x0 + sigma n``: for a
+    Laplacian model use a sigma below its first band start (no band is attenuated there).
+    """
+    if noise.shape != x0.shape or region.shape != (x0.shape[0], 1, *x0.shape[-2:]):
+        raise ValueError(f"noise must match x0 {tuple(x0.shape)} and region be (N, 1, H, W), got "
+                         f"{tuple(noise.shape)} and {tuple(region.shape)}")
+    sig = torch.full((x0.shape[0],), float(sigma), device=x0.device)
+    with torch.no_grad():
+        err = denoiser(x0 + sigma * noise, sig) - x0
+    w = region.to(err.dtype).expand_as(err)
+    return float((err * noise * w).sum() / (sigma * (noise * noise * w).sum()))
