@@ -130,3 +130,33 @@ def test_max_time_arg_is_lightnings_days_hours_minutes_seconds():
 
     assert max_time_arg(12) == "00:00:12:00" and max_time_arg(0.5) == "00:00:00:30"
     assert max_time_arg(1500.5) == "01:01:00:30"     # 25 h 0 min 30 s: a day, not hour 25
+
+
+def test_learned_loss_weight_trains_the_logvar_and_logs_the_plain_loss(tmp_path):
+    """noise.learned_loss_weight: the step optimises EDM2's uncertainty-weighted loss (LossLogvar's parameters are
+    in the optimizer and move), while train/loss stays the plain EDM loss of the same batch."""
+    from test_cli import TINY
+
+    from lit_edify.diffusion.edm import uncertainty_weighted
+
+    args = [*TINY, "--trainer.logger", "false", "--trainer.enable_checkpointing", "false", "--trainer.callbacks", "[]",
+            "--model.init_args.noise", json.dumps({"learned_loss_weight": True}), "--trainer.max_steps", "3"]
+    cli = build_cli(args, run=False)
+    model = cli.model
+    seen = []
+    step = model.training_step
+
+    def spy(batch, batch_idx):
+        out = step(batch, batch_idx)
+        with model.seeded(1_000_003 * model.trainer.global_step + 7_919 * batch_idx + 1):
+            raw, sigma = model.diffusion_loss(batch)
+        seen.append((out.detach(), uncertainty_weighted(raw, model.loss_logvar(sigma)).mean().detach(),
+                     model.trainer.callback_metrics.get("train/loss"), raw.mean().detach()))
+        return out
+
+    model.training_step = spy
+    cli.trainer.fit(model, cli.datamodule)
+    assert model.loss_logvar.linear.weight.abs().sum() > 0  # trained from its zero initialisation
+    out, expected, logged, raw = seen[-1]
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logged, raw, rtol=1e-5, atol=1e-6)

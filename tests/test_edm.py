@@ -55,3 +55,40 @@ def test_ideal_denoiser_has_unit_weighted_loss():
     loss = denoising_loss(ideal, x0, sigma, LaplacianSchedule(), sd)
     assert loss.shape == (4,)
     assert torch.allclose(loss, torch.ones(4), atol=0.06)
+
+
+def test_uncertainty_weighting_is_minimised_at_the_log_of_the_loss():
+    """d/du [L e^-u + u] = 0 at u = ln L, where the weighted loss is 1 + ln L; a fresh LossLogvar (u = 0) leaves
+    the loss unchanged exactly."""
+    from lit_edify.diffusion.edm import LossLogvar, uncertainty_weighted
+
+    L = torch.tensor([0.01, 0.3, 2.0, 50.0], dtype=torch.float64)
+    u = L.log().clone().requires_grad_(True)
+    w = uncertainty_weighted(L, u)
+    w.sum().backward()
+    torch.testing.assert_close(u.grad, torch.zeros_like(L), atol=1e-12, rtol=0)
+    torch.testing.assert_close(w.detach(), 1 + L.log())
+    sigma = torch.tensor([0.002, 0.1, 1.0, 80.0])
+    fresh = LossLogvar()(sigma)
+    assert torch.equal(fresh, torch.zeros(4))
+    loss = torch.tensor([0.5, 1.5, 0.2, 3.0])
+    assert torch.equal(uncertainty_weighted(loss, fresh), loss)
+
+
+def test_loss_logvar_learns_the_log_of_a_per_sigma_loss():
+    """Trained on a noise-free per-sigma loss L(sigma) = 0.3 sigma^-0.5 (EDM's log-normal sigmas), u(sigma) reaches
+    ln L(sigma) across the trained range."""
+    from lit_edify.diffusion.edm import LossLogvar, uncertainty_weighted
+
+    torch.manual_seed(0)
+    logvar = LossLogvar()
+    opt = torch.optim.Adam(logvar.parameters(), lr=3e-2)
+    for _ in range(600):
+        sigma = sample_sigmas(256, -1.2, 1.2, 0.002, 80.0)
+        loss = 0.3 * sigma**-0.5
+        opt.zero_grad()
+        uncertainty_weighted(loss, logvar(sigma)).mean().backward()
+        opt.step()
+    grid = torch.tensor([0.03, 0.1, 0.3, 1.0, 3.0])
+    with torch.no_grad():
+        torch.testing.assert_close(logvar(grid), (0.3 * grid**-0.5).log(), atol=0.05, rtol=0)

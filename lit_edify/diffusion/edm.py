@@ -73,3 +73,30 @@ def denoising_loss(
     x = forward_process(x0, sigma, schedule, noise=noise)
     err = (denoiser(x, sigma, **cond) - x0).square().flatten(1).mean(1)
     return loss_weight(sigma, sigma_data) * err
+
+
+class LossLogvar(torch.nn.Module):
+    """EDM2's learned per-sigma loss uncertainty u(sigma) (Karras et al. 2024, "Analyzing and Improving the Training
+    Dynamics of Diffusion Models", Sec. 5): unit-bandwidth Fourier features of c_noise = ln(sigma) / 4, then a
+    zero-initialised linear layer. Trained jointly through :func:`uncertainty_weighted`; not used at sampling.
+    sigma (B,) -> u (B,) float32."""
+
+    def __init__(self, channels: int = 128):
+        super().__init__()
+        self.register_buffer("freqs", torch.randn(channels // 2))
+        self.register_buffer("phases", torch.rand(channels // 2))
+        self.linear = torch.nn.Linear(channels, 1)
+        torch.nn.init.zeros_(self.linear.weight)
+        torch.nn.init.zeros_(self.linear.bias)
+
+    def forward(self, sigma: Tensor) -> Tensor:
+        x = (sigma.float().log() / 4).outer(self.freqs) + self.phases
+        feats = torch.cat([torch.cos(2 * math.pi * x), torch.sin(2 * math.pi * x)], dim=1)
+        return self.linear(feats).squeeze(1)
+
+
+def uncertainty_weighted(loss: Tensor, logvar: Tensor) -> Tensor:
+    """``loss / exp(u) + u`` per sample. For a fixed expected loss L at a sigma the minimum over u is at u = ln L,
+    where every sigma's weighted loss is 1: the gradient contributions of the noise levels are equalised, so that no
+    range of sigma (e.g. the steep low-noise end) dominates the shared weights' updates."""
+    return loss / logvar.exp() + logvar

@@ -50,6 +50,7 @@ class NoiseConfig:
     band_starts: list[float] | None = field(default_factory=lambda: [1.0])
     schedule_shape: str = "cosine"
     bucket_multiple: int | None = None
+    learned_loss_weight: bool = False  # EDM2's per-sigma uncertainty weighting (lit_edify.diffusion.edm.LossLogvar)
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lit_edify.aspect import bucket_shape
-from lit_edify.diffusion.edm import denoising_loss, precondition, sample_sigmas
+from lit_edify.diffusion.edm import LossLogvar, denoising_loss, precondition, sample_sigmas, uncertainty_weighted
 from lit_edify.diffusion.laplacian import LaplacianSchedule
 from lit_edify.diffusion.plans import Stage, sample_plan
 from lit_edify.diffusion.samplers import CFGDenoiser, get_solver
@@ -112,6 +112,7 @@ class LaplacianDiffusionMixin:
             raise ValueError(f"sigma_max={noise.sigma_max} is below the finest band cutoff {self.schedule.cutoffs[0]}: "
                              "the stage could never be entered from a lower resolution (DESIGN.md section 2)")
         self.sigma_data = noise.sigma_data
+        self.loss_logvar = LossLogvar() if noise.learned_loss_weight else None
         get_solver(cfg.sampling.solver)  # an unknown solver fails now, not after training
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -177,9 +178,10 @@ class LaplacianDiffusionMixin:
         self._log_sigma_buckets(loss.detach(), sigma, "train")
         if "loss_weight" in batch:
             loss = loss * batch["loss_weight"].to(loss)
-        loss = loss.mean()
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(sigma))
-        return loss
+        self.log("train/loss", loss.mean(), prog_bar=True, batch_size=len(sigma))
+        if getattr(self, "loss_logvar", None) is not None:  # what is optimised; train/loss stays the EDM loss
+            return uncertainty_weighted(loss, self.loss_logvar(sigma)).mean()
+        return loss.mean()
 
     def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
         """Loss at fixed noise (seeded by batch index) so that validation curves are comparable."""
