@@ -225,3 +225,41 @@ def test_opponent_colour_unet_is_the_rgb_unet_in_the_rotated_basis():
     assert got.abs().max() > 1e-2 and torch.allclose(got, want, atol=1e-5)
     with pytest.raises(ValueError, match="in_channels=3"):
         build_unet("tiny", in_channels=1, opponent_colour=True)
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.5, 20.0])
+def test_local_skip_gain_is_a_per_position_gain_on_the_linear_skip(sigma):
+    """local_skip_gain: F = F_plain + inverse_packet((g(sigma) + G(features)) * W x_wav / sigma), with G a head's
+    output at every feature position and coefficient. With G's bias at -sigma_data (and g = 0) on an all-zero image
+    it is the exact pure-noise denoiser (D = 0), like the global gain; with random head weights the term equals the
+    explicit per-position product."""
+    from lit_edify.diffusion.edm import precondition
+    from lit_edify.nn.wavelet import haar_packet, inverse_haar_packet
+
+    sd = 0.5
+    model = build_unet("tiny", pos_embed_size=8, local_skip_gain=True).eval()
+    x, _, ctx, mask = _inputs(h=32, w=32)
+    s = torch.full((2,), sigma)
+    with torch.no_grad():
+        model.gate_head.bias.fill_(-sd)
+        assert precondition(model, x * sigma, s, sd, context=ctx, context_mask=mask).abs().max() < 1e-5 * sigma
+        torch.manual_seed(0)
+        _perturbed(model)
+        model.skip_gain.weight.zero_()
+        model.skip_gain.bias.zero_()
+        captured = {}
+        hook = model.gate_head.register_forward_hook(lambda m, i, o: captured.__setitem__("g", o))
+        c_noise = s.log() / 4
+        out = model(x, c_noise, ctx, mask)
+        hook.remove()
+        head, model.gate_head = model.gate_head, None
+        plain = model(x, c_noise, ctx, mask)
+        model.gate_head = head
+        term = inverse_haar_packet(captured["g"] * model.skip_proj(haar_packet(x, 2)) / sigma, 2)
+    assert captured["g"].std(dim=(2, 3)).mean() > 1e-3  # really varies over positions
+    torch.testing.assert_close(out, plain + term, atol=1e-4 * (1 + 1 / sigma), rtol=1e-4)
+
+
+def test_local_skip_gain_needs_the_linear_skip():
+    with pytest.raises(ValueError, match="linear_skip"):
+        build_unet("tiny", linear_skip=False, local_skip_gain=True)
