@@ -49,9 +49,14 @@ def main(argv: list[str] | None = None) -> dict:
     out = {}
     for s in SIGMAS:
         n = torch.randn(x0.shape, generator=gen)
-        kept = noise_kept(lambda x, sig: model.denoise(x, sig, ctx, mask), x0, core, s, n)
-        with torch.no_grad():
-            err = model.denoise(x0 + s * n, torch.full((a.num,), s), ctx, mask) - x0
+        seen = {}  # the denoised batch, kept for the RMS error (one denoiser pass per sigma)
+
+        def denoise(x, sig):
+            seen["d"] = model.denoise(x, sig, ctx, mask)
+            return seen["d"]
+
+        kept = noise_kept(denoise, x0, core, s, n)
+        err = seen["d"] - x0
         w = core.expand_as(err)
         rmse = float(((err**2 * w).sum() / w.sum()).sqrt() * 127.5)
         out[s] = (kept, rmse)
