@@ -237,14 +237,14 @@ def test_sample_cli_with_controls(base_ckpt, tmp_path, capsys, cli_error):
     assert "ValueError" in err and "paired with a 'inpaint' ControlNet" in err
 
 
-@pytest.mark.parametrize("opponent", [False, True])
-def test_controlnet_features_are_the_base_encoder_features_when_the_hint_is_zero(opponent):
+@pytest.mark.parametrize("opponent,pooled", [(False, False), (True, False), (False, True)])
+def test_controlnet_features_are_the_base_encoder_features_when_the_hint_is_zero(opponent, pooled):
     """Identity projections + zero hint: the residuals are exactly the base's skips and middle output, so the
-    copies (noise embedding, conv_in, positional encoding, encoder, middle, and the colour basis the base's input
-    is in) are wired as in the base."""
+    copies (noise embedding with its pooled-context term, conv_in, positional encoding, encoder, middle, and the
+    colour basis the base's input is in) are wired as in the base."""
     torch.manual_seed(0)
     unet = build_unet("tiny", model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
-                      head_dim=16, context_dim=32, pos_embed_size=4, opponent_colour=opponent)
+                      head_dim=16, context_dim=32, pos_embed_size=4, opponent_colour=opponent, pooled_context=pooled)
     with torch.no_grad():
         for p in unet.parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -5,7 +5,8 @@ import torch.nn.functional as F
 
 from lit_edify.diffusion.samplers import get_sigmas_karras, sample_ddim
 from lit_edify.diffusion.tiled import TiledDenoiser, ramp, seam_ratio, tile_edges, tile_starts
-from lit_edify.nn.unet import EdifyUNet, add_pos_embed
+from lit_edify.nn.embeddings import add_pos_embed
+from lit_edify.nn.unet import EdifyUNet
 
 
 def test_tile_starts_cover_the_image_on_the_grid():

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lit_edify.nn.unet import EdifyUNet, _zero, add_pos_embed, feature_canvas, input_coefficients
+from lit_edify.nn.embeddings import add_pos_embed, embedding, feature_canvas
+from lit_edify.nn.unet import EdifyUNet, _zero, input_coefficients
 from lit_edify.nn.wavelet import haar_packet
 
 __all__ = ["ControlNet", "HINT_CHANNELS", "HintBlock", "TASKS", "check_hint_type", "control_weight", "sum_residuals"]
@@ -107,7 +108,7 @@ class ControlNet(nn.Module):
         self.hint_channels, self.wavelet_levels = hint_channels, unet.wavelet_levels
         self.opponent_colour = unet.opponent_colour
         self.resolution_multiple, self.use_checkpoint = unet.resolution_multiple, unet.use_checkpoint
-        for name in ("map_noise", "map_layer0", "map_layer1", "conv_in", "enc", "mid"):
+        for name in ("map_noise", "map_layer0", "map_layer1", "map_context", "conv_in", "enc", "mid"):
             setattr(self, name, copy.deepcopy(getattr(unet, name)))
         self.pos_embed = None if unet.pos_embed is None else nn.Parameter(unet.pos_embed.detach().clone())
         width = unet.conv_in.out_channels
@@ -157,7 +158,7 @@ class ControlNet(nn.Module):
         context_mask = context_mask.bool()
         context_mask = context_mask | ~context_mask.any(dim=1, keepdim=True)
 
-        emb = F.silu(self.map_layer1(F.silu(self.map_layer0(self.map_noise(c_noise)))))
+        emb = embedding(self, c_noise, context, context_mask)
 
         h = input_coefficients(x, extra, self.wavelet_levels, self.opponent_colour)
         h = add_pos_embed(self.conv_in(h), self.pos_embed, feature_canvas(canvas, self.wavelet_levels))

@@ -8,8 +8,8 @@ Layout (ADM / EDM ``DhariwalUNet`` style)::
       decoder: per level, [up-ResBlock] + (num_res_blocks+1) x (ResBlock(concat skip) [+ Attention])
       out    : GroupNorm, SiLU, conv (zero-initialised) --inverse_haar_packet--> (B,C,H,W)
 
-* ResBlocks take the noise embedding (Fourier features of ``c_noise`` + MLP) as an adaptive
-  GroupNorm scale/shift; dropout sits before their second (zero-initialised) conv.
+* ResBlocks take the noise embedding (Fourier features of ``c_noise`` + MLP, optionally + the pooled context;
+  ``lit_edify.nn.embeddings``) as an adaptive GroupNorm scale/shift; dropout sits before their second (zero-initialised) conv.
 * ``Attention`` = self-attention over the feature map + cross-attention to the conditioning
   sequence (text + camera + media tokens, Sec. 3.2), both with PyTorch SDPA and zero-initialised
   output projections. The middle block always has it, the other levels as ``attention_levels`` says.
@@ -20,16 +20,15 @@ Layout (ADM / EDM ``DhariwalUNet`` style)::
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from lit_edify.nn.embeddings import FourierEmbedding, add_pos_embed, embedding, feature_canvas
 from lit_edify.nn.wavelet import from_opponent, haar_packet, inverse_haar_packet, to_opponent
 
-__all__ = ["Attention", "EdifyUNet", "FourierEmbedding", "ResBlock"]
+__all__ = ["Attention", "EdifyUNet", "ResBlock"]
 
 
 def _groups(channels: int, max_groups: int = 32, min_per_group: int = 4) -> int:
@@ -46,40 +45,6 @@ def _zero(module: nn.Module) -> nn.Module:
     return module
 
 
-def _bilinear_rows(out_size: int, in_size: int, start: int, length: int, like: Tensor) -> Tensor:
-    """Rows ``start:start+length`` of the (out_size, in_size) matrix of 1-D bilinear resizing with
-    ``align_corners=False`` (``F.interpolate``'s convention: source = (i + 0.5) in/out - 0.5, clamped at 0)."""
-    i = torch.arange(start, start + length, dtype=torch.float64, device=like.device)
-    src = ((i + 0.5) * (in_size / out_size) - 0.5).clamp_min(0)
-    i0 = src.floor().long().clamp_max(in_size - 1)
-    lam = src - i0
-    m = torch.zeros(length, in_size, dtype=torch.float64, device=like.device)
-    rows = torch.arange(length, device=like.device)
-    m.index_put_((rows, i0), 1 - lam, accumulate=True)
-    m.index_put_((rows, (i0 + 1).clamp_max(in_size - 1)), lam, accumulate=True)
-    return m.to(like.dtype)
-
-
-def add_pos_embed(h: Tensor, pos: Tensor | None, canvas: tuple[int, int, int, int] | None = None) -> Tensor:
-    """h (B, C, h, w) + the learnable 1:1 positional encoding pos (1, C, s, s), bilinearly resized to (h, w)
-    for other aspect ratios (Sec. 3.4); h unchanged if pos is None.
-
-    ``canvas = (top, left, H, W)`` (feature units) says that h is the window ``[top:top+h, left:left+w]`` of a
-    larger H x W feature map (tiled sampling): the encoding is then evaluated in those global coordinates, i.e.
-    equal (to float rounding) to resizing pos to (H, W) and cropping the window, at the cost of the window only.
-    A canvas equal to h's own extent is the untiled path exactly."""
-    if pos is None:
-        return h
-    if canvas is not None and tuple(canvas) != (0, 0, *h.shape[-2:]):
-        top, left, full_h, full_w = canvas
-        rows = _bilinear_rows(full_h, pos.shape[-2], top, h.shape[-2], pos)
-        cols = _bilinear_rows(full_w, pos.shape[-1], left, h.shape[-1], pos)
-        return h + torch.einsum("yi,bcij,xj->bcyx", rows, pos, cols).to(h.dtype)
-    if pos.shape[-2:] != h.shape[-2:]:
-        pos = F.interpolate(pos, size=h.shape[-2:], mode="bilinear", align_corners=False)
-    return h + pos.to(h.dtype)
-
-
 def input_coefficients(x: Tensor, extra: Tensor | None, levels: int, opponent: bool) -> Tensor:
     """The network's input: the Haar packet of x (in the opponent colour basis when ``opponent``), then that of
     ``extra`` (as given: a low-res image or a control signal keeps its own channels)."""
@@ -87,32 +52,6 @@ def input_coefficients(x: Tensor, extra: Tensor | None, levels: int, opponent: b
     if extra is not None:
         h = torch.cat([h, haar_packet(extra.to(x.dtype), levels)], dim=1)
     return h
-
-
-def feature_canvas(canvas: tuple[int, int, int, int] | None, levels: int) -> tuple[int, int, int, int] | None:
-    """A pixel canvas (top, left, H, W) in the units of the first feature map (pixels / 2^levels); every entry
-    must be a multiple of 2^levels."""
-    if canvas is None:
-        return None
-    k = 2**levels
-    if any(int(v) % k for v in canvas):
-        raise ValueError(f"canvas {tuple(canvas)} (top, left, H, W) must be in multiples of {k} pixels")
-    return tuple(int(v) // k for v in canvas)
-
-
-class FourierEmbedding(nn.Module):
-    """Fixed random Fourier features of the scalar noise level (EDM's NCSN++ / EDM2's MP-Fourier).
-
-    (B,) float (EDM ``c_noise = ln(sigma) / 4``, roughly [-3, 3]) -> (B, num_channels) float32 in [-1, 1].
-    """
-
-    def __init__(self, num_channels: int, scale: float = 16.0):
-        super().__init__()
-        self.register_buffer("freqs", torch.randn(num_channels // 2) * scale)
-
-    def forward(self, c_noise: Tensor) -> Tensor:
-        x = c_noise.float().outer(2 * math.pi * self.freqs.float())
-        return torch.cat([x.cos(), x.sin()], dim=1)
 
 
 class ResBlock(nn.Module):
@@ -246,14 +185,19 @@ class EdifyUNet(nn.Module):
             in RGB the same needs the network to learn that R, G and B detail agree, and while it has not, the
             residual shows as coloured grain. Needs ``in_channels = 3``. Measured: on greyscale data it removes
             the coloured grain, on the colourful shapes data it loses object colour (docs/quickstart_ablations.md).
-        local_skip_gain: the linear skip's gain also varies over positions and coefficients: ``g(emb)`` plus a
-            zero-initialised 3x3 head on the last features, so the noise can be cancelled fully on flat areas and kept
-            where there is texture (one gain per channel has to compromise between the two; the shipped tiny model
-            keeps 38% of the noise inside flat objects at sigma 0.1, ``benchmarks/noise_kept.py``). Needs
-            ``linear_skip``. Measured on shapes (docs/quickstart_ablations.md): with the learned loss weight
-            (``noise.learned_loss_weight``) it keeps 8.5% and reads depth of field right, but the gain is constant over
-            each 4x4 block and the samples show block edges (block ratio 1.68); without it the colour words are not
-            learned. Not in any recipe.
+        local_skip_gain: add a per-pixel gain field on the linear skip: ``up(G(features)) * x_skip / sigma``, with G a
+            zero-initialised 3x3 head (one gain per colour channel at every feature position), ``up`` bilinear to the
+            pixels and ``x_skip`` the skip's input coefficients back in pixels. The noise can then be cancelled fully
+            on flat areas and kept where there is texture: one gain per wavelet channel has to compromise between the
+            two (the tiny model without it keeps 38% of the noise inside flat objects at sigma 0.1,
+            ``benchmarks/noise_kept.py``), and that leftover noise is the coloured grain of the samples. The field is
+            interpolated between feature positions, so it has no edges at the 4x4 pixel blocks (a gain constant
+            over each block, tried first, drew them). Needs ``linear_skip``. Measured on shapes
+            (docs/quickstart_ablations.md).
+        pooled_context: also add the masked mean of the context tokens, through a linear layer, to the noise
+            embedding that scales and shifts every ResBlock (Imagen's pooled text embedding). Cross-attention
+            reaches only the ``attention_levels``; with this, the first level, whose outputs draw the pixels, sees
+            the caption and the labels too (object colour, a sharp or blurred background).
     """
 
     def __init__(self, in_channels: int = 3, extra_in_channels: int = 0, model_channels: int = 64,
@@ -262,7 +206,7 @@ class EdifyUNet(nn.Module):
                  num_heads: int | None = None, head_dim: int = 32, dropout: float = 0.0,
                  pos_embed_size: int | None = 16, use_checkpoint: bool = False,
                  fourier_scale: float = 1.0, linear_skip: bool = False, wavelet_levels: int = 2,
-                 opponent_colour: bool = False, local_skip_gain: bool = False):
+                 opponent_colour: bool = False, local_skip_gain: bool = False, pooled_context: bool = False):
         super().__init__()
         channel_mult, attention_levels = tuple(channel_mult), tuple(attention_levels)
         bad = [i for i in attention_levels if not 0 <= i < len(channel_mult)]
@@ -293,6 +237,7 @@ class EdifyUNet(nn.Module):
         self.map_noise = FourierEmbedding(model_channels, fourier_scale)
         self.map_layer0 = nn.Linear(model_channels, emb_dim)
         self.map_layer1 = nn.Linear(emb_dim, emb_dim)
+        self.map_context = nn.Linear(context_dim, emb_dim) if pooled_context else None
 
         self.conv_in = nn.Conv2d(wav * (in_channels + extra_in_channels), model_channels, 3, padding=1)
         self.pos_embed = None
@@ -332,7 +277,7 @@ class EdifyUNet(nn.Module):
         if local_skip_gain:
             if not linear_skip:
                 raise ValueError("local_skip_gain needs linear_skip=True")
-            self.gate_head = _zero(nn.Conv2d(cout, wav * in_channels, 3, padding=1))
+            self.gate_head = _zero(nn.Conv2d(cout, in_channels, 3, padding=1))
 
     def _check_inputs(self, x, c_noise, context, context_mask, extra) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
@@ -389,8 +334,7 @@ class EdifyUNet(nn.Module):
         context_mask = context_mask.bool()
         context_mask = context_mask | ~context_mask.any(dim=1, keepdim=True)
 
-        emb = F.silu(self.map_layer0(self.map_noise(c_noise)))
-        emb = F.silu(self.map_layer1(emb))
+        emb = embedding(self, c_noise, context, context_mask)
 
         h = wav_in = input_coefficients(x, extra, self.wavelet_levels, self.opponent_colour)
         h = add_pos_embed(self.conv_in(h), self.pos_embed, feature_canvas(canvas, self.wavelet_levels))
@@ -414,11 +358,13 @@ class EdifyUNet(nn.Module):
         feat = F.silu(self.norm_out(h))
         h = self.conv_out(feat)
         if self.skip_proj is not None:
+            inv_sigma = torch.exp(-4 * c_noise.float())[:, None, None, None]
             gain = self.skip_gain(emb)[:, :, None, None].float()
-            if self.gate_head is not None:  # per position and coefficient: shrink where the image is flat
-                gain = gain + self.gate_head(feat).float()
-            gain = gain * torch.exp(-4 * c_noise.float())[:, None, None, None]  # g / sigma
-            h = h + gain.to(h.dtype) * self.skip_proj(wav_in)
+            skip = self.skip_proj(wav_in)
+            h = h + (gain * inv_sigma).to(h.dtype) * skip
         out = inverse_haar_packet(h.float(), self.wavelet_levels)
+        if self.gate_head is not None:  # a gain per pixel, bilinear between feature positions
+            field = F.interpolate(self.gate_head(feat).float(), size=out.shape[-2:], mode="bilinear")
+            out = out + field * inv_sigma * inverse_haar_packet(skip.float(), self.wavelet_levels)
         out = from_opponent(out) if self.opponent_colour else out
         return out.to(x.dtype)
