@@ -1,6 +1,6 @@
 """``lit-edify quickstart``: train a tiny model for a fixed number of steps, then sample and score it.
 
-    lit-edify quickstart                         # built-in shapes, 3000 steps (~12 min on 2 cores)
+    lit-edify quickstart                         # built-in shapes, 3500 steps (~9 min on 2 cores)
     lit-edify quickstart --data fashion-mnist    # Fashion-MNIST 32 px (Debian dataset-fashion-mnist), FID/KID
     lit-edify quickstart --data tuxpaint         # Tux Paint stamps (Debian tuxpaint-stamps-default), FID/KID
 
@@ -38,7 +38,7 @@ from lit_edify.io import save_image_atomic, write_text_atomic
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 #: --data -> (recipes merged in order, default steps, prepare(train_dir, test_dir) or None)
 DATASETS = {
-    "shapes": ([RECIPES / "base32.yaml"], 3000),
+    "shapes": ([RECIPES / "base32.yaml"], 3500),
     "fashion-mnist": ([RECIPES / "base32.yaml", RECIPES / "fashion_mnist.yaml"], 6000),
     "tuxpaint": ([RECIPES / "base32.yaml", RECIPES / "tuxpaint.yaml"], 6000),
 }
@@ -50,7 +50,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", default="shapes", choices=sorted(DATASETS))
     p.add_argument("--config", action="append", help="recipe(s) to train instead of the dataset's defaults")
     p.add_argument("--out", default=None, help="output folder (default runs/quickstart[_<data>])")
-    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 3000 shapes, 6000 images)")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 3500 shapes, 6000 images)")
     p.add_argument("--max-minutes", type=float, default=60.0, help="safety cap on training time")
     p.add_argument("--seed", type=int, default=0, help="training seed (data order, noise, initial weights)")
     p.add_argument("--data-root", default="data", help="where image datasets are prepared")
@@ -198,8 +198,8 @@ def write_report(report: dict, a: argparse.Namespace) -> None:
             row = [split, str(report[split]["n"])] + [f"{report[split].get(k, float('nan')):.0%}" for k in cols]
             table.add_row(*row)
             lines.append("| " + " | ".join(row) + " |")
-        verdict = "meets" if report["meets_targets"] else "does NOT meet"
-        summary = (f"Test prompts {verdict} the targets ("
+        verdict = "meet" if report["meets_targets"] else "do NOT meet"
+        summary = (f"The test prompts {verdict} the targets ("
                    + ", ".join(f"{k} >= {v:.0%}" for k, v in SHAPES_TARGETS.items()) + ").")
     else:
         s = report["scores"]
