@@ -9,7 +9,8 @@ Layout (ADM / EDM ``DhariwalUNet`` style)::
       out    : GroupNorm, SiLU, conv (zero-initialised) --inverse_haar_packet--> (B,C,H,W)
 
 * ResBlocks take the noise embedding (Fourier features of ``c_noise`` + MLP, optionally + the pooled context;
-  ``lit_edify.nn.embeddings``) as an adaptive GroupNorm scale/shift; dropout sits before their second (zero-initialised) conv.
+  ``lit_edify.nn.embeddings``) as an adaptive GroupNorm scale/shift; dropout sits before their second
+  (zero-initialised) conv.
 * ``Attention`` = self-attention over the feature map + cross-attention to the conditioning
   sequence (text + camera + media tokens, Sec. 3.2), both with PyTorch SDPA and zero-initialised
   output projections. The middle block always has it, the other levels as ``attention_levels`` says.
