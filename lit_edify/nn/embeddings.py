@@ -61,7 +61,7 @@ def embedding(net: nn.Module, c_noise: Tensor, context: Tensor, context_mask: Te
     """The ResBlocks' conditioning vector (B, emb_dim): an MLP of the noise level's Fourier features, plus the
     masked mean of the context tokens through ``net.map_context`` when the net has one (``pooled_context``)."""
     emb = net.map_layer1(F.silu(net.map_layer0(net.map_noise(c_noise))))
-    if getattr(net, "map_context", None) is not None:
+    if net.map_context is not None:
         w = context_mask.to(context.dtype)[..., None]
         pooled = (context * w).sum(1) / w.sum(1).clamp_min(1)
         emb = emb + net.map_context(pooled.to(emb.dtype))
