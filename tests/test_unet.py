@@ -234,14 +234,15 @@ def test_local_skip_gain_needs_the_linear_skip():
 
 def test_pooled_context_adds_the_masked_token_mean_to_the_noise_embedding():
     """pooled_context: emb = silu(map_layer1(silu(map_layer0(fourier(c_noise)))) + map_context(masked mean of the
-    context)); masked tokens do not count, and without attention anywhere the caption still reaches the output."""
+    context)); masked tokens do not count, attended ones do, and without the option the embedding ignores the
+    context."""
     import torch.nn.functional as F
 
     from lit_edify.nn.embeddings import embedding
 
     torch.manual_seed(0)
     model = _perturbed(build_unet("tiny", pos_embed_size=8, pooled_context=True)).eval()
-    x, c_noise, ctx, mask = _inputs(h=32, w=32)
+    _, c_noise, ctx, mask = _inputs(h=32, w=32)
     with torch.no_grad():
         want = model.map_layer1(F.silu(model.map_layer0(model.map_noise(c_noise))))
         want = F.silu(want + model.map_context(torch.stack([ctx[0, :3].mean(0), ctx[1].mean(0)])))
