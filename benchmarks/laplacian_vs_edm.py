@@ -17,7 +17,8 @@ Validation is off, data loading runs in the training process (``num_workers 0``)
 (``time.process_time``: all threads, not wall time, so a shared machine does not bias the comparison; set-up and
 the text-encoder load are not counted). The EMA weights are exported (``ema.safetensors``), the .ckpt files deleted.
 
-Arms at R px (R = 32 or 64; every network is the ``tiny`` U-Net with ``pos_embed_size = resolution / 4``):
+Arms at R px (R = 32 or 64; every network is the ``tiny`` U-Net with the base recipe's overrides, as the quickstart
+trains it, and ``pos_embed_size = resolution / 4``):
 
 * **EDM R**: one BaseModel at R px, ``band_factors=[]``, sigma in [0.002, 80], P_mean -1.0, P_std 1.4.
 * **Laplacian R**: a 16 px BaseModel (``band_factors=[]``, sigma_max 80, P -1.0 / 1.4) and one Upsampler
@@ -111,6 +112,15 @@ def arm_stages(res: int, a: argparse.Namespace) -> dict[str, list[StageSpec]]:
 
 
 # ------------------------------------------------------------------------------------------------ training
+def net_overrides(resolution: int) -> dict:
+    """The base recipe's U-Net overrides (the network the quickstart trains) with ``pos_embed_size = R / 4``:
+    every stage of both arms gets the same network."""
+    import yaml
+
+    recipe = yaml.safe_load(RECIPES["base"].read_text())
+    return {**recipe["model"]["init_args"]["net"].get("overrides", {}), "pos_embed_size": resolution // 4}
+
+
 def train_stage(spec: StageSpec, seed: int, cpu_seconds: float, run: Path, a_dict: dict) -> dict:
     """Fit one stage through the suite's LightningCLI until CpuBudget stops it; export its EMA weights."""
     from lit_edify.callbacks.budget import CpuBudget
@@ -119,7 +129,7 @@ def train_stage(spec: StageSpec, seed: int, cpu_seconds: float, run: Path, a_dic
     torch.set_num_threads(a_dict["train_threads"])
     m = "--model.init_args."
     args = ["--config", str(RECIPES[spec.kind]), "--config", str(DATA_RECIPE), "--seed_everything", str(seed),
-            m + "net.overrides", json.dumps({"pos_embed_size": spec.resolution // 4}),
+            m + "net.overrides", json.dumps(net_overrides(spec.resolution)),
             m + "noise.resolution", str(spec.resolution), m + "noise.sigma_min", str(spec.sigma_min),
             m + "noise.sigma_max", str(spec.sigma_max), m + "noise.p_mean", str(spec.p_mean),
             m + "noise.p_std", str(spec.p_std), m + "noise.band_factors", json.dumps(spec.band_factors),

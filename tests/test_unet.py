@@ -260,19 +260,19 @@ def test_pooled_context_adds_the_masked_token_mean_to_the_noise_embedding():
 
 
 @pytest.mark.parametrize("sigma", [0.05, 1.0])
-def test_local_skip_gain_is_a_bilinear_gain_field_on_the_pixels(sigma):
-    """local_skip_gain: F = F_plain + up(G(features)) * inverse_packet(W x_wav) / sigma, with G one gain per
-    colour channel at every feature position and up() bilinear to the pixels, so the gain has no block edges. With
-    G's bias at -sigma_data (and g = 0) it is the exact pure-noise denoiser; with random weights the term equals the
-    explicit product."""
+def test_local_skip_gain_is_a_bilinear_gain_field_on_the_bands(sigma):
+    """local_skip_gain: F = F_plain + sum_b up(G_b(features)) * band_b(x) / sigma over the 3 undecimated bands of
+    x, with G one gain per band and colour channel at every feature position and up() bilinear to the pixels, so
+    the gain has no block edges. With G's bias at -sigma_data (and g = 0) it is the exact pure-noise denoiser; with
+    random weights the term equals the explicit sum."""
     import torch.nn.functional as F
 
     from lit_edify.diffusion.edm import precondition
-    from lit_edify.nn.wavelet import haar_packet, inverse_haar_packet
+    from lit_edify.nn.wavelet import undecimated_bands
 
     sd = 0.5
     model = build_unet("tiny", pos_embed_size=8, local_skip_gain=True).eval()
-    assert model.gate_head.out_channels == 3
+    assert model.gate_head.out_channels == 9
     x, _, ctx, mask = _inputs(h=32, w=32)
     s = torch.full((2,), sigma)
     with torch.no_grad():
@@ -291,10 +291,31 @@ def test_local_skip_gain_is_a_bilinear_gain_field_on_the_pixels(sigma):
         plain = model(x, c_noise, ctx, mask)
         model.gate_head = head
         field = F.interpolate(captured["g"], size=(32, 32), mode="bilinear")
-        term = field * inverse_haar_packet(model.skip_proj(haar_packet(x, 2)), 2) / sigma
-    assert captured["g"].shape == (2, 3, 8, 8)
+        term = (field.view(2, 3, 3, 32, 32) * undecimated_bands(x, 2)).sum(dim=1) / sigma
+    assert captured["g"].shape == (2, 9, 8, 8)
     # Bilinear: no jump at the 4-pixel block borders larger than the steps inside the blocks.
     jumps = field[..., :, 4::4] - field[..., :, 3:-1:4]
     inside = field[..., :, 1::4] - field[..., :, 0::4]
     assert jumps.abs().max() <= 1.5 * inside.abs().max()
     torch.testing.assert_close(out, plain + term, atol=1e-4 * (1 + 1 / sigma), rtol=1e-4)
+
+
+def test_undecimated_bands_sum_to_the_image_and_are_shift_invariant():
+    """The a trous binomial bands sum to x exactly; a constant image is all low-pass; the bands of an image shifted
+    by one pixel are the shifted bands (away from the border), which no per-block (Haar) gain can give; the finest
+    band of white noise keeps sum((delta - k)^2) = 1 - 2 k_centre + sum(k^2) = 1 - 2/4 + (3/8)^2 of its variance
+    (k the separable 3x3 binomial kernel)"""
+    from lit_edify.nn.wavelet import undecimated_bands
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 40, 40, generator=g, dtype=torch.float64)
+    b = undecimated_bands(x, 2)
+    assert b.shape == (2, 3, 3, 40, 40)
+    torch.testing.assert_close(b.sum(dim=1), x, atol=1e-12, rtol=0)
+    const = undecimated_bands(torch.full((1, 3, 16, 16), 0.3, dtype=torch.float64), 2)
+    assert const[:, :2].abs().max() < 1e-12 and (const[:, 2] - 0.3).abs().max() < 1e-12
+    shifted = undecimated_bands(torch.roll(x, shifts=1, dims=-1), 2)
+    torch.testing.assert_close(shifted[..., 8:-8, 9:-8], b[..., 8:-8, 8:-9], atol=1e-12, rtol=0)
+    big = torch.randn(1, 1, 512, 512, generator=g, dtype=torch.float64)
+    fine = undecimated_bands(big, 1)[:, 0, 0, 4:-4, 4:-4]
+    assert abs(fine.var().item() - (1 - 2 * (1 / 4) + (3 / 8) ** 2)) < 0.01

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lit_edify.nn.embeddings import FourierEmbedding, add_pos_embed, embedding, feature_canvas
-from lit_edify.nn.wavelet import from_opponent, haar_packet, inverse_haar_packet, to_opponent
+from lit_edify.nn.wavelet import from_opponent, haar_packet, inverse_haar_packet, to_opponent, undecimated_bands
 
 __all__ = ["Attention", "EdifyUNet", "ResBlock"]
 
@@ -186,15 +186,20 @@ class EdifyUNet(nn.Module):
             in RGB the same needs the network to learn that R, G and B detail agree, and while it has not, the
             residual shows as coloured grain. Needs ``in_channels = 3``. Measured: on greyscale data it removes
             the coloured grain, on the colourful shapes data it loses object colour (docs/quickstart_ablations.md).
-        local_skip_gain: add a per-pixel gain field on the linear skip: ``up(G(features)) * x_skip / sigma``, with G a
-            zero-initialised 3x3 head (one gain per colour channel at every feature position), ``up`` bilinear to the
-            pixels and ``x_skip`` the skip's input coefficients back in pixels. The noise can then be cancelled fully
-            on flat areas and kept where there is texture: one gain per wavelet channel has to compromise between the
-            two (the tiny model without it keeps 38% of the noise inside flat objects at sigma 0.1,
-            ``benchmarks/noise_kept.py``), and that leftover noise is the coloured grain of the samples. The field is
-            interpolated between feature positions, so it has no edges at the 4x4 pixel blocks (a gain constant
-            over each block, tried first, drew them). Needs ``linear_skip``. Measured on shapes
-            (docs/quickstart_ablations.md).
+        local_skip_gain: add a per-pixel gain field on the frequency bands of the noisy input:
+            ``sum_b up(G_b(features)) * band_b(x) / sigma``, with ``band_b`` the ``wavelet_levels + 1`` bands of an
+            undecimated (a trous) binomial pyramid that sum to x (``lit_edify.nn.wavelet.undecimated_bands``), G a
+            zero-initialised 3x3 head (one gain per band and colour channel at every feature position) and ``up``
+            bilinear to the pixels. The noise can then be cancelled on flat areas and kept where there is texture,
+            and within a pixel the fine bands (mostly noise at low sigma) can be cut while the coarse one is kept:
+            one gain per wavelet channel has to compromise (the tiny model without it keeps 38% of the noise inside
+            flat objects at sigma 0.1, ``benchmarks/noise_kept.py``), and that leftover noise is the coloured grain
+            of the samples. Bands and field are shift-invariant, so the path draws no edges at the 4x4 pixel
+            blocks. Earlier forms drew them: a gain constant over each block, and the field on the linear skip's
+            output ``inverse_packet(W x_wav)``, where the learned W weights the Haar coefficients of each block
+            differently (a trained tiny model: 0.07 on the block mean, 0.4-0.55 on the details), a block-wise
+            filter like JPEG's. A field on x alone (no bands) drew no blocks but left grain inside objects.
+            Needs ``linear_skip``. Measured on shapes (docs/quickstart_ablations.md).
         pooled_context: also add the masked mean of the context tokens, through a linear layer, to the noise
             embedding that scales and shifts every ResBlock (Imagen's pooled text embedding). Cross-attention
             reaches only the ``attention_levels``; with this, the first level, whose outputs draw the pixels, sees
@@ -278,7 +283,7 @@ class EdifyUNet(nn.Module):
         if local_skip_gain:
             if not linear_skip:
                 raise ValueError("local_skip_gain needs linear_skip=True")
-            self.gate_head = _zero(nn.Conv2d(cout, in_channels, 3, padding=1))
+            self.gate_head = _zero(nn.Conv2d(cout, (wavelet_levels + 1) * in_channels, 3, padding=1))
 
     def _check_inputs(self, x, c_noise, context, context_mask, extra) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
@@ -364,8 +369,10 @@ class EdifyUNet(nn.Module):
             skip = self.skip_proj(wav_in)
             h = h + (gain * inv_sigma).to(h.dtype) * skip
         out = inverse_haar_packet(h.float(), self.wavelet_levels)
-        if self.gate_head is not None:  # a gain per pixel, bilinear between feature positions
+        if self.gate_head is not None:  # a gain per pixel and band, bilinear between feature positions
             field = F.interpolate(self.gate_head(feat).float(), size=out.shape[-2:], mode="bilinear")
-            out = out + field * inv_sigma * inverse_haar_packet(skip.float(), self.wavelet_levels)
+            x_work = (to_opponent(x) if self.opponent_colour else x).float()
+            bands = undecimated_bands(x_work, self.wavelet_levels)
+            out = out + inv_sigma * (field.view_as(bands) * bands).sum(dim=1)
         out = from_opponent(out) if self.opponent_colour else out
         return out.to(x.dtype)

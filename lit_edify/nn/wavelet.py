@@ -142,3 +142,25 @@ def from_opponent(y: Tensor) -> Tensor:
     if y.ndim != 4 or y.shape[1] != 3:
         raise ValueError(f"from_opponent expects (B, 3, H, W), got {tuple(y.shape)}")
     return torch.einsum("oc,bohw->bchw", OPPONENT.to(y.device, y.dtype), y)
+
+
+def undecimated_bands(x: Tensor, levels: int = 2) -> Tensor:
+    """x split into ``levels + 1`` shift-invariant frequency bands that sum to x exactly: (B, levels + 1, C, H, W),
+    finest detail first, then the low-pass.
+
+    A trous binomial pyramid (Starck's undecimated wavelet): ``L_0 = x``, ``L_{j+1} = B_{2^j} * L_j`` with B the
+    separable [1, 2, 1] / 4 kernel dilated by ``2^j`` (reflect padding), bands ``L_j - L_{j+1}`` and the last
+    ``L_levels``. The scales match a ``levels``-level Haar packet, without its block grid: a gain per band is a
+    shift-invariant filter, where a gain per Haar coefficient filters each 2^levels block on its own.
+    """
+    c = x.shape[1]
+    k1 = x.new_tensor([1.0, 2.0, 1.0]) / 4
+    low, bands = x, []
+    for j in range(levels):
+        d = 2**j
+        blurred = F.pad(low, (d, d, d, d), mode="reflect")
+        blurred = F.conv2d(blurred, k1.view(1, 1, 1, 3).expand(c, 1, 1, 3), dilation=(1, d), groups=c)
+        blurred = F.conv2d(blurred, k1.view(1, 1, 3, 1).expand(c, 1, 3, 1), dilation=(d, 1), groups=c)
+        bands.append(low - blurred)
+        low = blurred
+    return torch.stack(bands + [low], dim=1)
