@@ -366,8 +366,7 @@ class EdifyUNet(nn.Module):
         if self.skip_proj is not None:
             inv_sigma = torch.exp(-4 * c_noise.float())[:, None, None, None]
             gain = self.skip_gain(emb)[:, :, None, None].float()
-            skip = self.skip_proj(wav_in)
-            h = h + (gain * inv_sigma).to(h.dtype) * skip
+            h = h + (gain * inv_sigma).to(h.dtype) * self.skip_proj(wav_in)
         out = inverse_haar_packet(h.float(), self.wavelet_levels)
         if self.gate_head is not None:  # a gain per pixel and band, bilinear between feature positions
             field = F.interpolate(self.gate_head(feat).float(), size=out.shape[-2:], mode="bilinear")
