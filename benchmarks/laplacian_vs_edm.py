@@ -320,6 +320,19 @@ def parse(argv=None) -> argparse.Namespace:
     return a
 
 
+def scored_before(path: Path, a: argparse.Namespace) -> dict:
+    """Evaluations in an earlier ``results.json`` made with the same sampling and scoring settings, by
+    (resolution, arm, seed); the caller keeps one only if its stages' training stats are the ones in use now."""
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    same = ("nfe", "nfe_split32", "nfe_split64", "guidance", "solver", "num_images", "num_reference", "batch_size")
+    if any(old.get("args", {}).get(k) != getattr(a, k) for k in same):
+        return {}
+    return {(r["resolution"], r["arm"], r["seed"]): {k: v for k, v in r.items() if k not in ("resolution", "arm", "seed")}
+            for r in old.get("runs", [])}
+
+
 def main(argv=None) -> dict:
     from torchvision.utils import save_image
 
@@ -338,6 +351,7 @@ def main(argv=None) -> dict:
                "settings": {r: {arm: [asdict(s) for s in st] for arm, st in v.items()} for r, v in settings.items()},
                "runs": []}
     records: dict[int, dict[str, list[dict]]] = {}
+    previous = scored_before(out / "results.json", a) if a.reuse else {}
     for res in a.resolutions:
         ref_u8, ref_caps = load_reference(test_dir, a.num_reference, res, out / "cache")
         save_image((ref_u8[:40].float() / 255), out / f"samples_real{res}.png", nrow=10)
@@ -351,6 +365,12 @@ def main(argv=None) -> dict:
                                                out / f"res{res}" / f"seed{seed}" / s.name, a) for s in specs}
                 models = [load_module(out / f"res{res}" / f"seed{seed}" / s.name / "ema.safetensors") for s in specs]
                 gen = plan_generate(models, specs, a.solver, a.guidance)
+                rec = previous.get((res, arm, seed))
+                if rec is not None and rec["train"] == train:
+                    print(f"scored before (--reuse): {ARM_NAMES[arm]} {res} px, seed {seed}", flush=True)
+                    records[res][arm].append(rec)
+                    summary["runs"].append({"resolution": res, "arm": arm, "seed": seed, **rec})
+                    continue
                 print(f"sampling + scoring {ARM_NAMES[arm]} {res} px, seed {seed}: {a.num_images} images at NFE "
                       f"{a.nfe}", flush=True)
                 rec = run_grid(lambda s, n, gen=gen: gen, evaluator, prompts, [(a.solver, a.nfe)],
