@@ -1,6 +1,6 @@
 """``lit-edify quickstart``: train a tiny model for a fixed number of steps, then sample and score it.
 
-    lit-edify quickstart                         # built-in shapes, 3500 steps (~10 min on 2 cores)
+    lit-edify quickstart                         # built-in shapes, 3500 steps (~12 min on 2 cores)
     lit-edify quickstart --data fashion-mnist    # Fashion-MNIST 32 px (Debian dataset-fashion-mnist), FID/KID
     lit-edify quickstart --data tuxpaint         # Tux Paint stamps (Debian tuxpaint-stamps-default), FID/KID
 
