@@ -115,7 +115,7 @@ def arm_stages(res: int, a: argparse.Namespace) -> dict[str, list[StageSpec]]:
 def net_overrides(resolution: int) -> dict:
     """The base recipe's U-Net overrides (the network the shapes quickstart trains, band gain included, which
     ``recipes/tiny/fashion_mnist.yaml`` turns off) with ``pos_embed_size = R / 4``: every stage of both arms gets the
-    same network (seed 0 of 2026-11-28 was measured so)."""
+    same network (the three 32 px seeds of 2026-11-28 were measured so)."""
     import yaml
 
     recipe = yaml.safe_load(RECIPES["base"].read_text())
@@ -363,14 +363,14 @@ def main(argv=None) -> dict:
             for arm, specs in settings[res].items():
                 train = {s.name: trained_stage(s, seed, a.budgets[res] * s.share,
                                                out / f"res{res}" / f"seed{seed}" / s.name, a) for s in specs}
-                models = [load_module(out / f"res{res}" / f"seed{seed}" / s.name / "ema.safetensors") for s in specs]
-                gen = plan_generate(models, specs, a.solver, a.guidance)
                 rec = previous.get((res, arm, seed))
                 if rec is not None and rec["train"] == train:
                     print(f"scored before (--reuse): {ARM_NAMES[arm]} {res} px, seed {seed}", flush=True)
                     records[res][arm].append(rec)
                     summary["runs"].append({"resolution": res, "arm": arm, "seed": seed, **rec})
                     continue
+                models = [load_module(out / f"res{res}" / f"seed{seed}" / s.name / "ema.safetensors") for s in specs]
+                gen = plan_generate(models, specs, a.solver, a.guidance)
                 print(f"sampling + scoring {ARM_NAMES[arm]} {res} px, seed {seed}: {a.num_images} images at NFE "
                       f"{a.nfe}", flush=True)
                 rec = run_grid(lambda s, n, gen=gen: gen, evaluator, prompts, [(a.solver, a.nfe)],
