@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lit_edify.commands.argtypes import ArgumentParser, finite_float, positive_int
+from lit_edify.diffusion.samplers import SOLVERS
 from lit_edify.io import save_image_atomic, write_text_atomic
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
@@ -60,6 +61,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--classifier-steps", type=int, default=1000, help="image data: training steps of the "
                    "classifier that scores adherence (trained once on the real test images, then cached)")
     p.add_argument("--sample-steps", type=positive_int, default=None, help="sampling steps (default: the recipe's)")
+    p.add_argument("--solver", default=None, choices=sorted(SOLVERS), help="sampler (default: the recipe's)")
     p.add_argument("--guidance", type=finite_float, default=None)
     p.add_argument("--ckpt", default=None, help="skip training and evaluate this checkpoint (.ckpt/.safetensors)")
     a = p.parse_args(argv)
@@ -146,7 +148,7 @@ def evaluate_shapes(model, a: argparse.Namespace) -> dict:
         prompts = evaluation_prompts(n=n, seed=0, split=split)
         images = torch.cat([model.generate([p["caption"] for p in ps], pitch=[p["pitch"] for p in ps],
                                            dof=[p["dof"] for p in ps], media_type=[p["media_type"] for p in ps],
-                                           seed=i, steps=a.sample_steps, guidance=a.guidance)
+                                           seed=i, steps=a.sample_steps, solver=a.solver, guidance=a.guidance)
                             for i in range(0, n, 64) for ps in [prompts[i:i + 64]]])
         save_image_atomic((images + 1) / 2, a.out / ("samples.png" if split == "test" else "heldout.png"), nrow=8)
         write_text_atomic(a.out / f"{split}_prompts.txt", "\n".join(p["caption"] for p in prompts) + "\n")
@@ -172,8 +174,8 @@ def evaluate_images(model, a: argparse.Namespace, test_dir: Path) -> dict:
                             classifier_kwargs={"steps": a.classifier_steps}).prepare()
     order = torch.randperm(len(ev.reference_prompts), generator=torch.Generator().manual_seed(0))
     prompts = [dict(ev.reference_prompts[int(i)]) for i in order[:a.num_images]]
-    batches = generate_batches(lambda caps, **kw: model.generate(caps, steps=a.sample_steps, guidance=a.guidance,
-                                                                 **kw), prompts, batch_size=100, seed=0)
+    batches = generate_batches(lambda caps, **kw: model.generate(caps, steps=a.sample_steps, solver=a.solver,
+                                                                 guidance=a.guidance, **kw), prompts, batch_size=100, seed=0)
     scores = ev.score_batches(batches, prompts)
     images = torch.cat([im for _, im in batches])
     res = model.cfg.noise.resolution  # real images as training sees them (resized to the model's buckets)
