@@ -362,9 +362,14 @@ def main(argv=None) -> dict:
     for res in a.resolutions:
         ref_u8, ref_caps = load_reference(test_dir, a.num_reference, res, out / "cache")
         save_image((ref_u8[:40].float() / 255), out / f"samples_real{res}.png", nrow=10)
-        evaluator = GeneratorEvaluator(ReferenceBatches(ref_u8, ref_caps), fid=True, kid=True,
-                                       adherence="classifier", seed=0).prepare()
-        prompts = evaluator.default_prompts(a.num_images)
+        scorer = {}  # the evaluator, prepared on first use: a fully reused resolution needs none
+
+        def evaluator_and_prompts(ref_u8=ref_u8, ref_caps=ref_caps, scorer=scorer):
+            if not scorer:
+                ev = GeneratorEvaluator(ReferenceBatches(ref_u8, ref_caps), fid=True, kid=True,
+                                        adherence="classifier", seed=0, cache_dir=out / "cache").prepare()
+                scorer.update(evaluator=ev, prompts=ev.default_prompts(a.num_images))
+            return scorer["evaluator"], scorer["prompts"]
         records[res] = {"edm": [], "lap": []}
         for seed in a.seeds:
             for arm, specs in settings[res].items():
@@ -376,6 +381,7 @@ def main(argv=None) -> dict:
                     records[res][arm].append(rec)
                     summary["runs"].append({"resolution": res, "arm": arm, "seed": seed, **rec})
                     continue
+                evaluator, prompts = evaluator_and_prompts()
                 models = [load_module(out / f"res{res}" / f"seed{seed}" / s.name / "ema.safetensors") for s in specs]
                 gen = plan_generate(models, specs, a.solver, a.guidance)
                 print(f"sampling + scoring {ARM_NAMES[arm]} {res} px, seed {seed}: {a.num_images} images at NFE "
