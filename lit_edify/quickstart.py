@@ -215,8 +215,11 @@ def write_report(report: dict, a: argparse.Namespace) -> None:
     lines.append("")
     lines.append(f"Artefacts: 4-px block-border ratio {art['block_ratio_vs_real']:.3f} x that of real images; "
                  f"colour spread {art['channel_spread']:.4f} (real {art['channel_spread_real']:.4f}).")
-    timing = (f"Training {report['train_s']:.0f} s for {report['steps']} steps, evaluation {report['eval_s']:.0f} s, "
-              f"on {torch.get_num_threads()} threads.")
+    sp = report["sampling"]
+    trained = (f"Checkpoint {a.ckpt}" if report["steps"] is None
+               else f"Training {report['train_s']:.0f} s for {report['steps']} steps")
+    timing = (f"{trained}, evaluation {report['eval_s']:.0f} s, on {torch.get_num_threads()} threads; sampled with "
+              f"{sp['solver']}, {sp['steps']} steps, guidance {sp['guidance']:g}.")
     write_text_atomic(a.out / "report.md", "\n".join(lines) + "\n\n" + summary + "\n" + timing + "\n")
     console = Console()
     console.print(table)
@@ -244,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     model = model.cpu().eval()
     t1 = time.time()
     report = evaluate_shapes(model, a) if a.data == "shapes" else evaluate_images(model, a, test_dir)
-    report.update(steps=steps_done, train_s=t1 - t0, eval_s=time.time() - t1, seed=a.seed, data=a.data)
+    cfg = model.cfg.sampling
+    report.update(steps=steps_done, train_s=t1 - t0, eval_s=time.time() - t1, seed=a.seed, data=a.data,
+                  sampling={"solver": a.solver or cfg.solver, "steps": a.sample_steps or cfg.steps,
+                            "guidance": cfg.guidance if a.guidance is None else a.guidance})
     write_report(report, a)
     return 0
