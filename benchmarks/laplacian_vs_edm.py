@@ -50,7 +50,8 @@ counted from the U-Net calls. Printed: mean ± std over ``--seeds``, the setting
 each metric ("clear" when the gap exceeds twice its standard error) and last
 ``laplacian_vs_edm: fid_lap=<a> fid_edm=<b> sample_time_ratio=<lap/edm>`` (32 px means; ``fid_lap64=`` /
 ``fid_edm64=`` / ``sample_time_ratio64=`` when 64 px ran). ``--out`` (``runs/laplacian_vs_edm/``) holds
-results.json (rewritten after every evaluation), samples_<arm><R>_seed<s>.png, samples_real<R>.png and
+results.json (rewritten after every evaluation; earlier evaluations with the same sampling and scoring settings that
+this run does not redo are kept in it), samples_<arm><R>_seed<s>.png, samples_real<R>.png and
 res<R>/seed<s>/<stage>/ (logs, ema.safetensors, train_stats.json).
 """
 from __future__ import annotations
@@ -358,7 +359,15 @@ def main(argv=None) -> dict:
                "settings": {r: {arm: [asdict(s) for s in st] for arm, st in v.items()} for r, v in settings.items()},
                "runs": []}
     records: dict[int, dict[str, list[dict]]] = {}
-    previous = scored_before(out / "results.json", a) if a.reuse else {}
+    earlier = scored_before(out / "results.json", a)  # kept in results.json unless redone now
+    previous = earlier if a.reuse else {}
+
+    def save() -> None:
+        """results.json: this run's evaluations plus the earlier ones (same settings) it did not redo."""
+        done = {(r["resolution"], r["arm"], r["seed"]) for r in summary["runs"]}
+        kept = [{"resolution": k[0], "arm": k[1], "seed": k[2], **v} for k, v in earlier.items() if k not in done]
+        runs = sorted(summary["runs"] + kept, key=lambda r: (r["resolution"], r["seed"], r["arm"] != "edm"))
+        (out / "results.json").write_text(json.dumps({**summary, "runs": runs}, indent=1, default=float))
     for res in a.resolutions:
         ref_u8, ref_caps = load_reference(test_dir, a.num_reference, res, out / "cache")
         save_image((ref_u8[:40].float() / 255), out / f"samples_real{res}.png", nrow=10)
@@ -396,7 +405,7 @@ def main(argv=None) -> dict:
                     grid = gen([p["caption"] for p in prompts[:40]], seed=123)
                 save_image((grid + 1) / 2, out / f"samples_{arm}{res}_seed{seed}.png", nrow=10)
                 summary["runs"].append({"resolution": res, "arm": arm, "seed": seed, **rec})
-                (out / "results.json").write_text(json.dumps(summary, indent=1, default=float))
+                save()
                 print(f"  FID {rec['fid']:.2f}  KID {rec['kid_mean']:.4f}  classifier acc. "
                       f"{rec['classifier_accuracy']:.1%}  {rec['sec_per_image']:.4f} s/image", flush=True)
 
@@ -435,7 +444,7 @@ def main(argv=None) -> dict:
     print("\n" + "\n".join(lines))
     summary["verdict"] = lines
     summary["total_wall_s"] = time.perf_counter() - t_start
-    (out / "results.json").write_text(json.dumps(summary, indent=1, default=float))
+    save()
     print(f"\ntotal wall time {summary['total_wall_s']:.0f} s; results, sample grids and EMA weights in {out}")
     fmt = (lambda v: f"{v:.2f}" if math.isfinite(v) else "nan")
     keys = []
