@@ -57,6 +57,7 @@ res<R>/seed<s>/<stage>/ (logs, ema.safetensors, train_stats.json).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -371,14 +372,12 @@ def main(argv=None) -> dict:
     for res in a.resolutions:
         ref_u8, ref_caps = load_reference(test_dir, a.num_reference, res, out / "cache")
         save_image((ref_u8[:40].float() / 255), out / f"samples_real{res}.png", nrow=10)
-        scorer = {}  # the evaluator, prepared on first use: a fully reused resolution needs none
 
-        def evaluator_and_prompts(ref_u8=ref_u8, ref_caps=ref_caps, scorer=scorer):
-            if not scorer:
-                ev = GeneratorEvaluator(ReferenceBatches(ref_u8, ref_caps), fid=True, kid=True,
-                                        adherence="classifier", seed=0, cache_dir=out / "cache").prepare()
-                scorer.update(evaluator=ev, prompts=ev.default_prompts(a.num_images))
-            return scorer["evaluator"], scorer["prompts"]
+        @functools.cache
+        def scorer():  # the evaluator, prepared on first use (a fully reused resolution needs none), and prompts
+            ev = GeneratorEvaluator(ReferenceBatches(ref_u8, ref_caps), fid=True, kid=True, adherence="classifier",
+                                    seed=0, cache_dir=out / "cache").prepare()
+            return ev, ev.default_prompts(a.num_images)
         records[res] = {"edm": [], "lap": []}
         for seed in a.seeds:
             for arm, specs in settings[res].items():
@@ -390,7 +389,7 @@ def main(argv=None) -> dict:
                     records[res][arm].append(rec)
                     summary["runs"].append({"resolution": res, "arm": arm, "seed": seed, **rec})
                     continue
-                evaluator, prompts = evaluator_and_prompts()
+                evaluator, prompts = scorer()
                 models = [load_module(out / f"res{res}" / f"seed{seed}" / s.name / "ema.safetensors") for s in specs]
                 gen = plan_generate(models, specs, a.solver, a.guidance)
                 print(f"sampling + scoring {ARM_NAMES[arm]} {res} px, seed {seed}: {a.num_images} images at NFE "
