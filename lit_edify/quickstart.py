@@ -51,7 +51,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", default="shapes", choices=sorted(DATASETS))
     p.add_argument("--config", action="append", help="recipe(s) to train instead of the dataset's defaults")
     p.add_argument("--out", default=None, help="output folder (default runs/quickstart[_<data>])")
-    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 3500 shapes, 9000 Fashion-MNIST, 6000 Tux Paint)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="training steps (default: 3500 shapes, 9000 Fashion-MNIST, 6000 Tux Paint)")
     p.add_argument("--max-minutes", type=float, default=60.0, help="safety cap on training time")
     p.add_argument("--seed", type=int, default=0, help="training seed (data order, noise, initial weights)")
     p.add_argument("--data-root", default="data", help="where image datasets are prepared")
@@ -175,7 +176,8 @@ def evaluate_images(model, a: argparse.Namespace, test_dir: Path) -> dict:
     order = torch.randperm(len(ev.reference_prompts), generator=torch.Generator().manual_seed(0))
     prompts = [dict(ev.reference_prompts[int(i)]) for i in order[:a.num_images]]
     batches = generate_batches(lambda caps, **kw: model.generate(caps, steps=a.sample_steps, solver=a.solver,
-                                                                 guidance=a.guidance, **kw), prompts, batch_size=100, seed=0)
+                                                                 guidance=a.guidance, **kw),
+                               prompts, batch_size=100, seed=0)
     scores = ev.score_batches(batches, prompts)
     images = torch.cat([im for _, im in batches])
     res = model.cfg.noise.resolution  # real images as training sees them (resized to the model's buckets)
@@ -245,11 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model, steps_done = train(a, configs, steps, train_dir)
     model = model.cpu().eval()
+    cfg = model.cfg.sampling  # the settings every sample below uses: the options, else the checkpoint's recipe
+    a.solver, a.sample_steps = a.solver or cfg.solver, a.sample_steps or cfg.steps
+    a.guidance = cfg.guidance if a.guidance is None else a.guidance
     t1 = time.time()
     report = evaluate_shapes(model, a) if a.data == "shapes" else evaluate_images(model, a, test_dir)
-    cfg = model.cfg.sampling
     report.update(steps=steps_done, train_s=t1 - t0, eval_s=time.time() - t1, seed=a.seed, data=a.data,
-                  sampling={"solver": a.solver or cfg.solver, "steps": a.sample_steps or cfg.steps,
-                            "guidance": cfg.guidance if a.guidance is None else a.guidance})
+                  sampling={"solver": a.solver, "steps": a.sample_steps, "guidance": a.guidance})
     write_report(report, a)
     return 0
