@@ -35,10 +35,21 @@ COMMAND_MODULES = {"quickstart": "lit_edify.quickstart", "data": "lit_edify.data
 PROJECT_COMMANDS = ("sample", *COMMAND_MODULES)
 
 
+def _fit_threads_to_quota(prog: str) -> None:
+    """Torch threads capped at a cgroup CPU quota's whole cores (torch sees cores, not quotas)."""
+    from lit_edify.cpu_threads import apply_cpu_quota
+
+    threads = apply_cpu_quota()
+    if threads is not None:
+        print(f"{prog}: CPU quota detected: using {threads} torch thread(s) (set OMP_NUM_THREADS to choose)",
+              file=sys.stderr)
+
+
 def lightning_main(args: list[str] | None = None) -> None:
     """Console script ``lightning``."""
     from lit_edify.commands.fit import MovedClassPathError
 
+    _fit_threads_to_quota("lightning")
     try:
         build_cli(args)
     except MovedClassPathError as exc:
@@ -51,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    _fit_threads_to_quota("lit-edify")
     try:
         return _dispatch(argv)
     except KeyboardInterrupt:
