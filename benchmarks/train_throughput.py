@@ -11,10 +11,12 @@ optimizer, EMA and logging count. The arms differ only in:
 
 * eager: ``channels_last=false``, ``fused_adamw=false`` (the per-tensor AdamW loop), data in the main process
   (``num_workers=0``): what the suite ran before the throughput work.
-* optimised: the recipe's defaults (channels-last convolution weights, fused AdamW, one rendering worker),
-  plus ``compile=true`` with ``--compile``.
+* optimised: the recipe's defaults (channels-last convolution weights, fused AdamW, data in the main process),
+  plus ``compile=true`` with ``--compile`` (the U-Net through inductor, contexts padded to a fixed length) and
+  ``--workers N`` rendering workers.
 
-Prints images/s (median step) per arm, the mean training loss of both arms over windows of 50 steps (same
+Prints images/s (median step) per arm, the model's achieved GFLOP/s (counted training FLOPs of the U-Net per
+image, ``lit_edify.nn.flops``, times images/s), the mean training loss of both arms over windows of 50 steps (same
 seed, so the curves should agree within noise), and as its last line
 ``train_throughput: cpu_speedup=<x> gpu_mfu=<y or n/a>``.
 """
@@ -71,17 +73,15 @@ def run_arm(name: str, extra: list[str], steps: int, warmup: int, device: str, t
         sys.argv = argv
     from lit_edify.callbacks.ema import EMA
     cli.trainer.callbacks.extend([EMA(halflife_images=10_000, rampup_ratio=0.1), timer])
+    from lit_edify.nn.flops import training_flops_per_image
+    res = cli.model.cfg.noise.resolution
+    flops = training_flops_per_image(cli.model.net, res, res, cli.model.cfg.conditioning.max_text_length + 3)
     t0 = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
     total = time.perf_counter() - t0
     timed = sorted(timer.times[warmup:])
     step = timed[len(timed) // 2]
     batch = cli.datamodule.hparams.batch_size
-    flops = None
-    if device == "cuda":
-        from lit_edify.nn.flops import training_flops_per_image
-        res = cli.model.cfg.noise.resolution
-        flops = training_flops_per_image(cli.model.net, res, res, cli.model.cfg.conditioning.max_text_length + 3)
     return {"arm": name, "step_s": step, "step_p10": timed[len(timed) // 10], "step_p90": timed[9 * len(timed) // 10],
             "images_per_s": batch / step, "fit_s": total, "losses": timer.losses, "flops_per_image": flops,
             "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
@@ -101,16 +101,20 @@ def main(argv=None) -> dict:
     p.add_argument("--compile", action="store_true", help="torch.compile in the optimised arm")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=0, help="rendering workers (DataLoader processes), optimised arm")
     p.add_argument("--out", default=str(ROOT / "runs" / "train_throughput"))
     a = p.parse_args(argv)
     arms = dict(ARMS)
     if a.compile:
         arms["optimised"] = arms["optimised"] + ["--model.init_args.net.compile", "true"]
+    if a.workers:
+        arms["optimised"] = arms["optimised"] + ["--data.init_args.num_workers", str(a.workers)]
     results = {}
     for name, extra in arms.items():
         r = run_in_child(f"arm {name}", _child, name, extra, a.steps, a.warmup, a.device, a.threads, a.out)
         results[name] = r
-        print(f"{name:10s} {r['images_per_s']:7.1f} images/s  step {r['step_s'] * 1e3:.1f} ms "
+        gflops = r["flops_per_image"] * r["images_per_s"] / 1e9
+        print(f"{name:10s} {r['images_per_s']:7.1f} images/s  {gflops:5.1f} GFLOP/s  step {r['step_s'] * 1e3:.1f} ms "
               f"(p10 {r['step_p10'] * 1e3:.1f}, p90 {r['step_p90'] * 1e3:.1f})  fit {r['fit_s']:.0f} s "
               f"(incl. start-up{' and compilation' if name == 'optimised' and a.compile else ''})", flush=True)
     e, o = results["eager"]["losses"], results["optimised"]["losses"]
