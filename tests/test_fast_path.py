@@ -13,17 +13,22 @@ def _train(kw: dict, channels_last: bool, fused: bool, steps: int = 5) -> tuple[
     assert bool(opt.defaults.get("fused")) == fused
     if channels_last:
         assert m.net.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    g = torch.Generator().manual_seed(1)
-    losses = []
-    for step in range(steps):
-        batch = {"image": torch.rand(4, 3, 16, 16, generator=g) * 2 - 1, "caption": ["a red circle"] * 4}
+    losses = _steps(m, opt, [["a red circle"] * 4] * steps)
+    return losses, {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def _steps(m: BaseModel, opt, captions: list[list[str]]) -> list[float]:
+    """One optimizer step per caption list on seeded random 16 px images; the losses."""
+    g, losses = torch.Generator().manual_seed(1), []
+    for step, caps in enumerate(captions):
+        batch = {"image": torch.rand(len(caps), 3, 16, 16, generator=g) * 2 - 1, "caption": caps}
         with m.seeded(step):
             loss = m.diffusion_loss(batch)[0].mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    return losses, {k: v.detach().clone() for k, v in m.state_dict().items()}
+    return losses
 
 
 def test_channels_last_and_fused_adamw_match_the_eager_path(tiny_base_kwargs):
@@ -81,17 +86,7 @@ def test_compiled_training_matches_eager_with_varying_caption_lengths(tiny_base_
         counter = CompileCounterWithBackend("eager")
         if compile:
             m.net.compile(backend=counter)  # what on_fit_start does, with a counting backend
-        opt = m.configure_optimizers()["optimizer"]
-        g, losses = torch.Generator().manual_seed(1), []
-        for step, caps in enumerate(captions):
-            batch = {"image": torch.rand(4, 3, 16, 16, generator=g) * 2 - 1, "caption": caps}
-            with m.seeded(step):
-                loss = m.diffusion_loss(batch)[0].mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        return losses, counter.frame_count
+        return _steps(m, m.configure_optimizers()["optimizer"], captions), counter.frame_count
 
     (eager, _), (compiled, graphs) = train(False), train(True)
     assert graphs == 1
