@@ -55,12 +55,13 @@ def threads_for_quota(current: int, cores: float | None) -> int:
 def apply_cpu_quota() -> int | None:
     """Lower torch's intra-op threads to a CPU quota's whole cores; returns the new count, or None if unchanged
     (no quota, a quota at or above the current count, or ``OMP_NUM_THREADS`` set by the user)."""
-    if os.environ.get("OMP_NUM_THREADS"):
+    cores = None if os.environ.get("OMP_NUM_THREADS") else read_cpu_quota()
+    if cores is None:
         return None
-    import torch
+    import torch  # only when there is a quota to apply: `lit-edify --help` stays light
 
     current = torch.get_num_threads()
-    threads = threads_for_quota(current, read_cpu_quota())
+    threads = threads_for_quota(current, cores)
     if threads == current:
         return None
     torch.set_num_threads(threads)
