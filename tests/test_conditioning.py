@@ -80,6 +80,9 @@ def test_pad_to_max_length(minilm):
                                   pad_to_max_length=True)
     tokens, mask = enc.encode(["hi"])
     assert tokens.shape == (1, 12, 384) and mask.sum() == 3  # [CLS] hi [SEP]
+    assert enc.encode(["hi"], pad_to_max_length=False)[0].shape == (1, 3, 384)  # per call
+    assert minilm.encode(["hi"], pad_to_max_length=True)[0].shape == (1, minilm.max_length, 384)
+    assert minilm.encode(["hi"])[0].shape == (1, 3, 384)  # the encoder's own setting is unchanged
 
 
 def test_frozen_and_not_in_state_dict(minilm):

@@ -17,7 +17,6 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from lit_edify.aspect import bucket_shape
 from lit_edify.diffusion.edm import LossLogvar, denoising_loss, precondition, sample_sigmas, uncertainty_weighted
@@ -135,12 +134,9 @@ class LaplacianDiffusionMixin:
         enc = self._text_encoder
         if enc.device != self.device:
             enc.to(self.device)
-        tokens, mask = enc.encode(list(captions))
-        if self.cfg.net.compile and tokens.shape[1] < enc.max_length:
-            # a compiled U-Net sees one context length: captions of another token count would recompile it
-            # (or trip its size/stride guards), so pad to max_length (masked positions change nothing)
-            pad = enc.max_length - tokens.shape[1]
-            tokens, mask = F.pad(tokens, (0, 0, 0, pad)), F.pad(mask, (0, pad), value=False)
+        # a compiled U-Net sees one context length: captions of another token count would recompile it (or trip
+        # its size/stride guards), so it gets contexts padded to max_length (masked positions change nothing)
+        tokens, mask = enc.encode(list(captions), pad_to_max_length=self.cfg.net.compile or None)
         b = len(captions)
         return self.embedder(tokens.to(self.device), mask.to(self.device), self._labels(pitch, b),
                              self._labels(dof, b), self._labels(media_type, b), drop, drop, drop)

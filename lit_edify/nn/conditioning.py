@@ -197,12 +197,14 @@ class TextEncoder(nn.Module):
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         return [h[: int(m.sum())].cpu() for h, m in zip(hidden, mask)]
 
-    def encode(self, captions: list[str], batch_size: int = 64) -> tuple[Tensor, Tensor]:
+    def encode(self, captions: list[str], batch_size: int = 64,
+               pad_to_max_length: bool | None = None) -> tuple[Tensor, Tensor]:
         """Encode captions (cached).
 
         Args:
             captions: B strings.
             batch_size: captions per encoder call for the uncached ones.
+            pad_to_max_length: this call's padding (default: the encoder's ``pad_to_max_length``).
         Returns:
             tokens: (B, L, dim) float32 on the encoder's device, zero at padding positions;
                 L = longest caption of the batch in tokens (or ``max_length`` with
@@ -229,7 +231,8 @@ class TextEncoder(nn.Module):
             self._cache.popitem(last=False)
 
         seqs = [found[c] for c in captions]
-        length = self.max_length if self.pad_to_max_length else max(len(s) for s in seqs)
+        pad = self.pad_to_max_length if pad_to_max_length is None else pad_to_max_length
+        length = self.max_length if pad else max(len(s) for s in seqs)
         tokens = torch.zeros(len(seqs), length, self.dim)
         mask = torch.zeros(len(seqs), length, dtype=torch.bool)
         for i, s in enumerate(seqs):
