@@ -57,6 +57,31 @@ def test_ideal_denoiser_has_unit_weighted_loss():
     assert torch.allclose(loss, torch.ones(4), atol=0.06)
 
 
+def test_pixel_weighted_loss_is_the_weighted_mean_of_the_squared_error():
+    """A constant weight gives the plain loss bit for bit in value; an indicator weight gives lambda(sigma) times the
+    mean squared error over the selected pixels only (all channels); weights w and 2 w give the same loss."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(3, 3, 8, 8, generator=g) * 2 - 1
+    sigma = torch.tensor([0.1, 1.0, 10.0])
+    noise = torch.randn(x0.shape, generator=g)
+    den = lambda x, s: 0.5 * x  # noqa: E731  (any fixed denoiser)
+    sched, sd = LaplacianSchedule(), 0.5
+    plain = denoising_loss(den, x0, sigma, sched, sd, noise=noise)
+    const = denoising_loss(den, x0, sigma, sched, sd, noise=noise, pixel_weight=torch.full((3, 1, 8, 8), 3.0))
+    torch.testing.assert_close(const, plain, rtol=1e-6, atol=0)
+    sel = torch.zeros(3, 1, 8, 8)
+    sel[:, :, 2:5, 1:7] = 1
+    masked = denoising_loss(den, x0, sigma, sched, sd, noise=noise, pixel_weight=sel)
+    from lit_edify.diffusion.laplacian import forward_process
+
+    sq = (den(forward_process(x0, sigma, sched, noise=noise), sigma) - x0).square()[:, :, 2:5, 1:7]
+    torch.testing.assert_close(masked, loss_weight(sigma, sd) * sq.flatten(1).mean(1))
+    assert not torch.allclose(masked, plain)
+    w = 1 + 3 * sel
+    torch.testing.assert_close(denoising_loss(den, x0, sigma, sched, sd, noise=noise, pixel_weight=2 * w),
+                               denoising_loss(den, x0, sigma, sched, sd, noise=noise, pixel_weight=w))
+
+
 def test_uncertainty_weighting_is_minimised_at_the_log_of_the_loss():
     """d/du [L e^-u + u] = 0 at u = ln L, where the weighted loss is 1 + ln L; a fresh LossLogvar (u = 0) leaves
     the loss unchanged exactly."""

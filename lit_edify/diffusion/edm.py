@@ -63,15 +63,22 @@ def sample_sigmas(
 
 def denoising_loss(
     denoiser: Callable, x0: Tensor, sigma: Tensor, schedule: LaplacianSchedule, sigma_data: float,
-    noise: Tensor | None = None, **cond,
+    noise: Tensor | None = None, pixel_weight: Tensor | None = None, **cond,
 ) -> Tensor:
     """Per-sample EDM loss (Eq. 1) under the Laplacian forward process (Eq. 5).
 
     denoiser(x, sigma, **cond) -> x0_hat. x0: (B, C, H, W) in [-1, 1]; sigma: (B,).
-    Returns (B,): lambda(sigma) * mean over pixels of (D - x0)^2.
+    pixel_weight: optional (B, 1, H, W) >= 0 weights of the squared error, normalised per sample (a weighted mean,
+    so a constant weight is the plain loss); e.g. inpainting's known region weighted above the generated one.
+    Returns (B,): lambda(sigma) * mean over pixels of (D - x0)^2 (weighted mean with ``pixel_weight``).
     """
     x = forward_process(x0, sigma, schedule, noise=noise)
-    err = (denoiser(x, sigma, **cond) - x0).square().flatten(1).mean(1)
+    sq = (denoiser(x, sigma, **cond) - x0).square()
+    if pixel_weight is None:
+        err = sq.flatten(1).mean(1)
+    else:
+        w = pixel_weight.to(sq).expand_as(sq).flatten(1)
+        err = (w * sq.flatten(1)).sum(1) / w.sum(1).clamp_min(torch.finfo(sq.dtype).tiny)
     return loss_weight(sigma, sigma_data) * err
 
 
