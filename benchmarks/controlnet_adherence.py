@@ -43,10 +43,13 @@ WEIGHTS = (0.0, 0.5, 1.0, 1.5)
 HINTS = ("canny", "depth", "inpaint")
 
 
-def train(hint: str, out: Path, base: str, max_steps: int | None, minutes: float, threads: int) -> dict:
-    """``lit-edify fit`` of the tiny recipe for ``hint`` in this process; returns wall seconds and the checkpoint."""
+def train(hint: str, out: Path, base: str, max_steps: int | None, minutes: float, threads: int,
+          extra: list[str] = ()) -> dict:
+    """``lit-edify fit`` of the tiny recipe for ``hint`` (plus ``extra`` arguments) in this process; returns wall
+    seconds and the checkpoint."""
     torch.set_num_threads(threads)
-    args = ["--config", str(ROOT / f"recipes/tiny/controlnet_{hint}.yaml"), "--model.init_args.base_ckpt", base]
+    args = ["--config", str(ROOT / f"recipes/tiny/controlnet_{hint}.yaml"), "--model.init_args.base_ckpt", base,
+            *extra]
     cli, seconds, ckpt = fit_recipe(args, out / hint, minutes, max_steps)
     return {"seconds": seconds, "steps": cli.trainer.global_step, "ckpt": str(ckpt)}
 
@@ -202,6 +205,8 @@ def main(argv=None) -> dict:
                    "ControlNet's own sampling default (its guidance hyper-parameter)")
     p.add_argument("--reuse", action="store_true", help="score <out>/<hint>/final.ckpt without training")
     p.add_argument("--out", default=str(ROOT / "runs" / "controlnet_adherence"))
+    p.add_argument("--fit-arg", action="append", default=[], help="extra `lit-edify fit` argument (repeatable), "
+                   "e.g. --fit-arg=--model.init_args.known_weight=4")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     GUIDANCE[0] = a.guidance
@@ -214,7 +219,8 @@ def main(argv=None) -> dict:
     for hint in hints:
         ckpt = out / hint / "final.ckpt"
         if not a.reuse:
-            r = run_in_child(f"training {hint}", _child, hint, out, a.base, a.max_steps, a.minutes, a.threads)
+            r = run_in_child(f"training {hint}", _child, hint, out, a.base, a.max_steps, a.minutes, a.threads,
+                             a.fit_arg)
             trained[hint] = r
             print(f"trained {hint}: {r['steps']} steps in {r['seconds'] / 60:.1f} min ({a.threads} thread(s))",
                   flush=True)

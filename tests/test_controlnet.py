@@ -265,3 +265,52 @@ def test_controlnet_features_are_the_base_encoder_features_when_the_hint_is_zero
     want = [feats[0] + pos, *feats[1:]]  # skips, then the middle output
     assert len(res) == len(want) == len(unet.enc) + 2
     assert all(torch.allclose(r, w, atol=1e-5) for r, w in zip(res, want))
+
+
+def test_known_weight_weights_the_pixels_the_inpainting_mask_keeps(base_ckpt):
+    """With known_weight k the per-sample loss is lambda(sigma) * (SE over generated pixels + k * SE over kept
+    pixels) / (generated + k * kept values), the mask taken from the inpainting control input; k = 1 and a dropped
+    (all-zero) hint give the plain loss; other hint types refuse k != 1."""
+    from lit_edify.data_modules.hints import inpaint_control
+    from lit_edify.diffusion.edm import loss_weight
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+    keep_mask = torch.zeros(2, 1, 16, 16)
+    keep_mask[0, :, 4:12, 4:12] = 1
+    keep_mask[1, :, :, :5] = 1
+    hint = inpaint_control(image, keep_mask, ["inpaint", "outpaint"])
+    batch = {"image": image, "caption": ["a red circle", "a blue square"], "hint": hint}
+    losses, first = {}, None
+    for k in (1.0, 4.0):
+        cn = ControlNetModule(base_ckpt, hint="inpaint", p_drop_hint=0.0, known_weight=k).eval()
+        randomize_projections(cn)
+        first = first or cn
+        cn.controlnet.load_state_dict(first.controlnet.state_dict())  # the same ControlNet for both weights
+        for b in ({**batch}, {**batch, "hint": torch.zeros_like(hint)}):
+            torch.manual_seed(3)  # same sigmas and noise for every variant
+            with torch.no_grad():
+                loss, sigma = cn.diffusion_loss(b)
+            losses[k, b["hint"].abs().sum().item() > 0] = loss
+        # the same draw by hand: the denoiser output against x0, weighted from the mask itself
+        torch.manual_seed(3)
+        with torch.no_grad():
+            from lit_edify.diffusion.edm import sample_sigmas
+            from lit_edify.diffusion.laplacian import forward_process
+
+            ctx, m = cn._training_conditions(batch)
+            nz = cn.cfg.noise
+            s = sample_sigmas(2, nz.p_mean, nz.p_std, nz.sigma_min, nz.sigma_max)
+            torch.testing.assert_close(s, sigma)
+            x = forward_process(image, s, cn.schedule)
+            sq = (cn.denoise(x, s, ctx, m, hint=hint) - image).square()
+        gen, kept = keep_mask.expand_as(sq), 1 - keep_mask.expand_as(sq)
+        expect = (sq * gen).flatten(1).sum(1) + k * (sq * kept).flatten(1).sum(1)
+        expect = loss_weight(s, cn.sigma_data) * expect / (gen.flatten(1).sum(1) + k * kept.flatten(1).sum(1))
+        torch.testing.assert_close(losses[k, True], expect, rtol=1e-5, atol=0)
+    assert not torch.allclose(losses[4.0, True], losses[1.0, True])
+    assert torch.equal(losses[4.0, False], losses[1.0, False])  # a constant weight of 4 scales both sums exactly
+    with pytest.raises(ValueError, match="no mask: leave it at 1"):
+        ControlNetModule(base_ckpt, hint="canny", known_weight=2.0)
+    with pytest.raises(ValueError, match="known_weight must be > 0"):
+        ControlNetModule(base_ckpt, hint="inpaint", known_weight=0.0)

@@ -109,6 +109,8 @@ class ControlNetModule(LaplacianDiffusionMixin, L.LightningModule):
         projection_lr_scale: learning-rate multiplier of the zero-initialised projections and the hint block's
             last conv (the parts that start at zero).
         sampling: sampling defaults (:class:`SamplingConfig`); None = the base's.
+        known_weight: ``inpaint`` only: loss weight of the pixels the mask keeps, relative to the generated ones
+            (a weighted mean per sample, :func:`~lit_edify.diffusion.edm.denoising_loss`); 1 = the base's loss.
         base_sha256: sha256 of the base's weights (:func:`weights_sha256`); None = computed now and stored,
             so the checkpoint refuses any other base.
     """
@@ -116,18 +118,24 @@ class ControlNetModule(LaplacianDiffusionMixin, L.LightningModule):
     def __init__(self, base_ckpt: str, hint: str = "canny", p_drop_hint: float = 0.1, control_weight: float = 1.0,
                  hint_hidden: int | None = None, optim: OptimConfig = OptimConfig(weight_decay=0.0, warmup_steps=100),
                  projection_lr_scale: float = 1.0, sampling: SamplingConfig | None = None,
-                 base_sha256: str | None = None):
+                 known_weight: float = 1.0, base_sha256: str | None = None):
         super().__init__()
         check_hint_type(hint)
         if not 0.0 <= p_drop_hint <= 1.0:
             raise ValueError(f"p_drop_hint must be in [0, 1], got {p_drop_hint}")
+        if not known_weight > 0:
+            raise ValueError(f"known_weight must be > 0, got {known_weight}")
+        if known_weight != 1.0 and hint != "inpaint":
+            raise ValueError(f"known_weight weights the pixels an inpainting mask keeps; a {hint!r} ControlNet has "
+                             "no mask: leave it at 1")
         base = load_frozen_base(base_ckpt, base_sha256, "ControlNet")
         self.cfg = on_frozen_base(base, optim, sampling)
         self.save_hyperparameters({
             "base_ckpt": base.lit_edify_path,  # absolute: the checkpoint loads from any working directory
             "hint": hint, "p_drop_hint": p_drop_hint, "control_weight": control_weight, "hint_hidden": hint_hidden,
             "optim": asdict(self.cfg.optim), "projection_lr_scale": projection_lr_scale,
-            "sampling": asdict(self.cfg.sampling), "base_sha256": base.lit_edify_sha256})
+            "sampling": asdict(self.cfg.sampling), "known_weight": known_weight,
+            "base_sha256": base.lit_edify_sha256})
         self._frozen = _Frozen(base)
         self.schedule, self.sigma_data = base.schedule, base.sigma_data
         self.resolution_multiple = base.resolution_multiple
@@ -194,8 +202,12 @@ class ControlNetModule(LaplacianDiffusionMixin, L.LightningModule):
         context, mask = self._training_conditions(batch)
         hint = self.training_hint(batch)
         sigma = sample_sigmas(x0.shape[0], nz.p_mean, nz.p_std, nz.sigma_min, nz.sigma_max, device=self.device)
+        weight = None
+        if self.hparams.known_weight != 1.0:  # inpaint: channel 3 of the hint is the mask (1 = generate; a dropped
+            generate = hint[:, 3:4]           # hint is all zero, a constant weight, the plain loss)
+            weight = generate + self.hparams.known_weight * (1 - generate)
         return denoising_loss(lambda x, s: self.denoise(x, s, context, mask, hint=hint), x0, sigma, self.schedule,
-                              self.sigma_data), sigma
+                              self.sigma_data, pixel_weight=weight), sigma
 
     def on_fit_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
