@@ -20,7 +20,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
 from lit_edify.diffusion.edm import denoising_loss, precondition, sample_sigmas
 from lit_edify.diffusion.plans import sample_plan
-from lit_edify.nn.controlnet import HINT_CHANNELS, ControlNet, check_hint_type
+from lit_edify.nn.controlnet import HINT_CHANNELS, ControlNet, check_hint_type, inpaint_mask
 
 from .config import DiffusionConfig, OptimConfig, SamplingConfig, coerce
 from .mixin import LABELS, LaplacianDiffusionMixin, adamw_with_warmup, planned_steps
@@ -203,8 +203,8 @@ class ControlNetModule(LaplacianDiffusionMixin, L.LightningModule):
         hint = self.training_hint(batch)
         sigma = sample_sigmas(x0.shape[0], nz.p_mean, nz.p_std, nz.sigma_min, nz.sigma_max, device=self.device)
         weight = None
-        if self.hparams.known_weight != 1.0:  # inpaint: channel 3 of the hint is the mask (1 = generate; a dropped
-            generate = hint[:, 3:4]           # hint is all zero, a constant weight, the plain loss)
+        if self.hparams.known_weight != 1.0:  # a dropped hint is all zero: a constant weight, the plain loss
+            generate = inpaint_mask(hint)
             weight = generate + self.hparams.known_weight * (1 - generate)
         return denoising_loss(lambda x, s: self.denoise(x, s, context, mask, hint=hint), x0, sigma, self.schedule,
                               self.sigma_data, pixel_weight=weight), sigma

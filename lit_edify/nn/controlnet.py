@@ -31,12 +31,18 @@ from lit_edify.nn.embeddings import add_pos_embed, embedding, feature_canvas
 from lit_edify.nn.unet import EdifyUNet, _zero, input_coefficients
 from lit_edify.nn.wavelet import haar_packet
 
-__all__ = ["ControlNet", "HINT_CHANNELS", "HintBlock", "TASKS", "check_hint_type", "control_weight", "sum_residuals"]
+__all__ = ["ControlNet", "HINT_CHANNELS", "HintBlock", "TASKS", "check_hint_type", "control_weight", "inpaint_mask",
+           "sum_residuals"]
 
 #: control input channels per hint type (inpaint: masked RGB + mask + replace/inpaint/outpaint one-hot)
 HINT_CHANNELS: dict[str, int] = {"canny": 1, "hed": 1, "depth": 1, "inpaint": 7}
 #: inpainting sub-tasks, in the order of the one-hot (report Sec. 5)
 TASKS: tuple[str, ...] = ("replace", "inpaint", "outpaint")
+
+
+def inpaint_mask(hint: Tensor) -> Tensor:
+    """The mask (B, 1, H, W) of an inpainting control input (B, 7, H, W): channel 3, 1 = generate, 0 = keep."""
+    return hint[:, 3:4]
 
 
 def check_hint_type(kind: str) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lit_edify.nn.controlnet import TASKS
+from lit_edify.nn.controlnet import TASKS, inpaint_mask
 from lit_edify.panorama.geometry import (View, equirect_directions, equirect_to_perspective, perspective_to_equirect,
                                          view_weight)
 from lit_edify.panorama.metrics import boundary_ratio
@@ -76,7 +76,7 @@ def inpaint_sampler(base, inpaint, steps: int | None = None, guidance: float | N
             stage = controlled_stage(base, [prompt], [(inpaint, hint, 1.0)], steps=steps, guidance=guidance,
                                      pitch=[pitch])
             if replace_known:
-                stage = replace(stage, denoiser=keep_known(stage.denoiser, hint[:, :3], 1 - hint[:, 3:4]))
+                stage = replace(stage, denoiser=keep_known(stage.denoiser, hint[:, :3], 1 - inpaint_mask(hint)))
             g = torch.Generator(device=base.device).manual_seed(seed)
             x = sample_plan([stage], (1, 3, *hint.shape[-2:]), "cascade", solver or base.cfg.sampling.solver,
                             generator=g, device=base.device)
