@@ -272,7 +272,8 @@ def test_known_weight_weights_the_pixels_the_inpainting_mask_keeps(base_ckpt):
     pixels) / (generated + k * kept values), the mask taken from the inpainting control input; k = 1 and a dropped
     (all-zero) hint give the plain loss; other hint types refuse k != 1."""
     from lit_edify.data_modules.hints import inpaint_control
-    from lit_edify.diffusion.edm import loss_weight
+    from lit_edify.diffusion.edm import loss_weight, sample_sigmas
+    from lit_edify.diffusion.laplacian import forward_process
 
     g = torch.Generator().manual_seed(0)
     image = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
@@ -295,9 +296,6 @@ def test_known_weight_weights_the_pixels_the_inpainting_mask_keeps(base_ckpt):
         # the same draw by hand: the denoiser output against x0, weighted from the mask itself
         torch.manual_seed(3)
         with torch.no_grad():
-            from lit_edify.diffusion.edm import sample_sigmas
-            from lit_edify.diffusion.laplacian import forward_process
-
             ctx, m = cn._training_conditions(batch)
             nz = cn.cfg.noise
             s = sample_sigmas(2, nz.p_mean, nz.p_std, nz.sigma_min, nz.sigma_max)
