@@ -89,10 +89,10 @@ def _peak_child(queue, ckpt: str, side: int, tile: int, overlap: int, steps: int
         if free:  # the sampler and tiler with a denoiser that costs nothing: the image-sized buffers alone
             model.denoise = lambda x, s, c, m, x_low, canvas=None: up(x_low, 4).to(x) + 0 * x
         low = torch.rand(1, 3, side // 4, side // 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
-        model.upsample(low[..., :16, :16], steps=1, tile=tile, recon_guidance=0.0)  # warm-up: text encoder etc.
+        model.upsample(low[..., :16, :16], steps=1, tile=tile, recon_guidance=0.0, restore_low=False)  # warm-up: text encoder etc.
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) to the current RSS
         start = time.perf_counter()
-        out = model.upsample(low, steps=steps, tile=tile, tile_overlap=overlap, recon_guidance=0.0)
+        out = model.upsample(low, steps=steps, tile=tile, tile_overlap=overlap, recon_guidance=0.0, restore_low=False)
         seconds = time.perf_counter() - start
         assert out.shape[-1] == side and torch.isfinite(out).all()
         queue.put({"peak_gib": _status_kib("VmHWM") / 2**20, "seconds": seconds})
@@ -126,14 +126,16 @@ def main() -> None:
           "one CPU thread (timings under contention with other jobs)")
     bicubic = F.interpolate(x_low, scale_factor=4, mode="bicubic", align_corners=False).clamp(-1, 1)
     e_real, e_bic = detail_energy(real), detail_energy(bicubic)
-    rows = {"sdedit": sdedit.upsample(x_low, steps=a.steps, recon_guidance=0.0, tile=256)}
+    raw = {"restore_low": False}  # the sampler alone: the colour fix (on by default) is its own row
+    rows = {"sdedit": sdedit.upsample(x_low, steps=a.steps, recon_guidance=0.0, tile=256, **raw)}
     weights = [float(w) for w in a.weights.split(",")]
     for w in weights:
         start = time.perf_counter()
-        rows[f"w_r={w:g}"] = model.upsample(x_low, steps=a.steps, recon_guidance=w, tile=256)
+        rows[f"w_r={w:g}"] = model.upsample(x_low, steps=a.steps, recon_guidance=w, tile=256, **raw)
         print(f"  w_r={w:g}: {time.perf_counter() - start:.1f} s")
     rows["w_r=1+fix"] = model.upsample(x_low, steps=a.steps, recon_guidance=1.0, tile=256, restore_low=True)
-    print(f"detail energy: real {e_real:.5f}  bicubic {e_bic:.5f}  (w_r=1+fix: colour fix restore_low=True)")
+    print(f"detail energy: real {e_real:.5f}  bicubic {e_bic:.5f}  (rows w_r=*: the sampler alone; w_r=1+fix: with "
+          "the colour fix restore_low, what `lit-edify upsample` does by default)")
     for name, y in rows.items():
         print(f"{name:8s} psnr_down_db={psnr(down(y, 4), x_low):.2f} colour_drift_8bit={colour_drift(y, x_low):.2f} "
               f"detail_energy={detail_energy(y):.5f} detail_vs_real={detail_energy(y) / e_real:.2f}")
@@ -148,7 +150,7 @@ def main() -> None:
     seams, grid = {}, model.tile_multiple()
     rows_, cols_ = TiledDenoiser(None, 128, 32, grid).edges(512, 512)
     for blend in (True, False):
-        y = model.upsample(low, steps=a.steps, tile=128, tile_overlap=32, blend=blend)
+        y = model.upsample(low, steps=a.steps, tile=128, tile_overlap=32, blend=blend, **raw)
         seams[blend] = seam_ratio(y, rows_, cols_, period=grid)
         save_image_atomic((y + 1) / 2, out_dir / f"seams_{'blended' if blend else 'unblended'}.png")
         print(f"seams {'blended' if blend else 'unblended'}: ratio {seams[blend]:.3f} against pairs on the same "

@@ -58,9 +58,10 @@ def add_upsampler4k_arguments(p: argparse.ArgumentParser, prefix: str = "upsampl
                    help="tile side in output pixels (memory is set by the tile; default: the model's)")
     p.add_argument(f"--{prefix}overlap", type=int, default=None, help="tile overlap in output pixels")
     p.add_argument(f"--{prefix}steps", type=positive_int, default=None, help="solver steps (default: the model's)")
-    p.add_argument(f"--{prefix}restore-low", action="store_true",
+    p.add_argument(f"--{prefix}restore-low", action=argparse.BooleanOptionalAction, default=None,
                    help="colour fix: afterwards, add the bicubically upsampled difference between the input and the "
-                        "downsampled output, so colours and low frequencies are the input's")
+                        "downsampled output, so colours and low frequencies are the input's (default: the model's, "
+                        "on unless it was trained with restore_low: false)")
 
 
 def check_output(path: Path) -> None:
@@ -140,7 +141,7 @@ def check_size(h: int, w: int, model) -> None:
 
 def upsample_array(model, rgb: np.ndarray, *, seed: int = 0, steps: int | None = None,
                    recon_guidance: float | None = None, tile: int | None = None, overlap: int | None = None,
-                   restore_low: bool = False, progress=None) -> np.ndarray:
+                   restore_low: bool | None = None, progress=None) -> np.ndarray:
     """rgb (h, w, 3) float in [0, 1] -> (f h, f w, 3) float in [0, 1]; reflect-pads sides to the model's grid."""
     f, m = model.factor, model.tile_multiple() // model.factor
     h, w = rgb.shape[:2]
