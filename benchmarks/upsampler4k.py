@@ -89,7 +89,8 @@ def _peak_child(queue, ckpt: str, side: int, tile: int, overlap: int, steps: int
         if free:  # the sampler and tiler with a denoiser that costs nothing: the image-sized buffers alone
             model.denoise = lambda x, s, c, m, x_low, canvas=None: up(x_low, 4).to(x) + 0 * x
         low = torch.rand(1, 3, side // 4, side // 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
-        model.upsample(low[..., :16, :16], steps=1, tile=tile, recon_guidance=0.0, restore_low=False)  # warm-up: text encoder etc.
+        # warm-up (text encoder etc.); the sampler and tiler alone, without the colour fix
+        model.upsample(low[..., :16, :16], steps=1, tile=tile, recon_guidance=0.0, restore_low=False)
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) to the current RSS
         start = time.perf_counter()
         out = model.upsample(low, steps=steps, tile=tile, tile_overlap=overlap, recon_guidance=0.0, restore_low=False)
