@@ -182,7 +182,7 @@ class Upsampler4K(LaplacianDiffusionMixin, L.LightningModule):
         g = torch.Generator(device=self.device).manual_seed(seed)
         x = sample_plan([st], (n, 3, h * f, w * f), "cascade", solver or self.cfg.sampling.solver, generator=g,
                         device=self.device, progress=progress, x_low=x_low)
-        if hp.get("restore_low", True) if restore_low is None else restore_low:
+        if hp.restore_low if restore_low is None else restore_low:  # (rebuilt checkpoints get the default too)
             x = x + F.interpolate(x_low - down(x, f), scale_factor=f, mode="bicubic", align_corners=False)
         return x.clamp(-1, 1)
 
