@@ -1,6 +1,6 @@
 """``lit-edify quickstart``: train a tiny model for a fixed number of steps, then sample and score it.
 
-    lit-edify quickstart                         # built-in shapes, 3500 steps (~12 min on 2 cores)
+    lit-edify quickstart                         # built-in shapes, 2500 steps (12 min on a slow 2-core machine)
     lit-edify quickstart --data fashion-mnist    # Fashion-MNIST 32 px (Debian dataset-fashion-mnist), FID/KID
     lit-edify quickstart --data tuxpaint         # Tux Paint stamps (Debian tuxpaint-stamps-default), FID/KID
 
@@ -39,7 +39,7 @@ from lit_edify.io import save_image_atomic, write_text_atomic
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 #: --data -> (recipes merged in order, default steps, prepare(train_dir, test_dir) or None)
 DATASETS = {
-    "shapes": ([RECIPES / "base32.yaml"], 3500),
+    "shapes": ([RECIPES / "base32.yaml"], 2500),
     "fashion-mnist": ([RECIPES / "base32.yaml", RECIPES / "fashion_mnist.yaml"], 9000),
     "tuxpaint": ([RECIPES / "base32.yaml", RECIPES / "tuxpaint.yaml"], 6000),
 }
@@ -52,7 +52,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", action="append", help="recipe(s) to train instead of the dataset's defaults")
     p.add_argument("--out", default=None, help="output folder (default runs/quickstart[_<data>])")
     p.add_argument("--steps", type=positive_int, default=None,
-                   help="training steps (default: 3500 shapes, 9000 Fashion-MNIST, 6000 Tux Paint)")
+                   help="training steps (default: 2500 shapes, 9000 Fashion-MNIST, 6000 Tux Paint)")
     p.add_argument("--max-minutes", type=float, default=60.0, help="safety cap on training time")
     p.add_argument("--seed", type=int, default=0, help="training seed (data order, noise, initial weights)")
     p.add_argument("--data-root", default="data", help="where image datasets are prepared")
@@ -221,7 +221,8 @@ def write_report(report: dict, a: argparse.Namespace) -> None:
     trained = (f"Checkpoint {a.ckpt}" if report["steps"] is None
                else f"Training {report['train_s']:.0f} s for {report['steps']} steps")
     timing = (f"{trained}, evaluation {report['eval_s']:.0f} s, on {torch.get_num_threads()} threads; sampled with "
-              f"{sp['solver']}, {sp['steps']} steps, guidance {sp['guidance']:g}.")
+              f"{sp['solver']}, {sp['steps']} steps, guidance {sp['guidance']:g}"
+              + (" for sigma in [{:g}, {:g}].".format(*sp["guidance_interval"]) if sp["guidance_interval"] else "."))
     write_text_atomic(a.out / "report.md", "\n".join(lines) + "\n\n" + summary + "\n" + timing + "\n")
     console = Console()
     console.print(table)
@@ -253,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.time()
     report = evaluate_shapes(model, a) if a.data == "shapes" else evaluate_images(model, a, test_dir)
     report.update(steps=steps_done, train_s=t1 - t0, eval_s=time.time() - t1, seed=a.seed, data=a.data,
-                  sampling={"solver": a.solver, "steps": a.sample_steps, "guidance": a.guidance})
+                  sampling={"solver": a.solver, "steps": a.sample_steps, "guidance": a.guidance,
+                            "guidance_interval": list(cfg.guidance_interval) if cfg.guidance_interval else None})
     write_report(report, a)
     return 0

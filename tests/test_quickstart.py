@@ -42,7 +42,8 @@ def test_shapes_quickstart_stops_on_steps_and_reports(tmp_path):
     assert (out / "samples.png").is_file() and (out / "heldout.png").is_file()
     assert "meet" in (out / "report.md").read_text()
     # the sampling settings the scores came from: the recipes' (base32's solver and guidance, SMALL's steps)
-    assert report["sampling"] == {"solver": "dpmpp_2m", "steps": 2, "guidance": 3.0}
+    assert report["sampling"] == {"solver": "dpmpp_2m", "steps": 2, "guidance": 5.0, "guidance_interval": [0.5, 80.0]}
+    assert "guidance 5 for sigma in [0.5, 80]" in (out / "report.md").read_text()
 
 
 def test_image_data_evaluation_scores_against_real_images(tmp_path, tiny_base_kwargs):
