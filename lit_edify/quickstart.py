@@ -64,8 +64,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sample-steps", type=positive_int, default=None, help="sampling steps (default: the recipe's)")
     p.add_argument("--solver", default=None, choices=sorted(SOLVERS), help="sampler (default: the recipe's)")
     p.add_argument("--guidance", type=finite_float, default=None)
+    p.add_argument("--guidance-interval", type=finite_float, nargs=2, metavar=("LO", "HI"), default=None,
+                   help="apply guidance only for sigma in [LO, HI] (default: the recipe's; `0 1000`: at every sigma)")
     p.add_argument("--ckpt", default=None, help="skip training and evaluate this checkpoint (.ckpt/.safetensors)")
     a = p.parse_args(argv)
+    if a.guidance_interval is not None and not 0 <= a.guidance_interval[0] < a.guidance_interval[1]:
+        p.error(f"--guidance-interval LO HI needs 0 <= LO < HI, got {a.guidance_interval[0]:g} "
+                f"{a.guidance_interval[1]:g}")
     a.out = Path(a.out or ("runs/quickstart" if a.data == "shapes" else f"runs/quickstart_{a.data}"))
     return a
 
@@ -251,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = model.cfg.sampling  # the settings every sample below uses: the options, else the checkpoint's recipe
     a.solver, a.sample_steps = a.solver or cfg.solver, a.sample_steps or cfg.steps
     a.guidance = cfg.guidance if a.guidance is None else a.guidance
+    if a.guidance_interval is not None:
+        cfg.guidance_interval = tuple(a.guidance_interval)
     t1 = time.time()
     report = evaluate_shapes(model, a) if a.data == "shapes" else evaluate_images(model, a, test_dir)
     report.update(steps=steps_done, train_s=t1 - t0, eval_s=time.time() - t1, seed=a.seed, data=a.data,

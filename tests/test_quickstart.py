@@ -4,6 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
@@ -44,6 +45,20 @@ def test_shapes_quickstart_stops_on_steps_and_reports(tmp_path):
     # the sampling settings the scores came from: the recipes' (base32's solver and guidance, SMALL's steps)
     assert report["sampling"] == {"solver": "dpmpp_2m", "steps": 2, "guidance": 5.0, "guidance_interval": [0.5, 80.0]}
     assert "guidance 5 for sigma in [0.5, 80]" in (out / "report.md").read_text()
+    # re-scored from its checkpoint with another guidance interval: the report says which one
+    ckpt = next(out.rglob("final.ckpt"))
+    again = tmp_path / "again"
+    assert quickstart.main(["--ckpt", str(ckpt), "--out", str(again), "--num-prompts", "8",
+                            "--guidance", "2", "--guidance-interval", "0", "1000"]) == 0
+    sampling = json.loads((again / "report.json").read_text())["sampling"]
+    assert sampling["guidance"] == 2.0 and sampling["guidance_interval"] == [0.0, 1000.0]
+    assert "guidance 2 for sigma in [0, 1000]" in (again / "report.md").read_text()
+
+
+def test_quickstart_refuses_an_empty_guidance_interval(capsys):
+    with pytest.raises(SystemExit):
+        quickstart.parse(["--guidance-interval", "5", "1"])
+    assert "--guidance-interval LO HI needs 0 <= LO < HI, got 5 1" in capsys.readouterr().err
 
 
 def test_image_data_evaluation_scores_against_real_images(tmp_path, tiny_base_kwargs):
