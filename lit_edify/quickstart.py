@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lit_edify.commands.argtypes import ArgumentParser, finite_float, positive_int
-from lit_edify.diffusion.samplers import SOLVERS
+from lit_edify.diffusion.samplers import SOLVERS, check_guidance_interval
 from lit_edify.io import save_image_atomic, write_text_atomic
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
@@ -68,9 +68,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="apply guidance only for sigma in [LO, HI] (default: the recipe's; `0 1000`: at every sigma)")
     p.add_argument("--ckpt", default=None, help="skip training and evaluate this checkpoint (.ckpt/.safetensors)")
     a = p.parse_args(argv)
-    if a.guidance_interval is not None and not 0 <= a.guidance_interval[0] < a.guidance_interval[1]:
-        p.error(f"--guidance-interval LO HI needs 0 <= LO < HI, got {a.guidance_interval[0]:g} "
-                f"{a.guidance_interval[1]:g}")
+    try:  # fail before training, not when sampling starts
+        check_guidance_interval(a.guidance_interval)
+    except ValueError as e:
+        p.error(f"--guidance-interval: {e}")
     a.out = Path(a.out or ("runs/quickstart" if a.data == "shapes" else f"runs/quickstart_{a.data}"))
     return a
 

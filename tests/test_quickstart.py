@@ -58,7 +58,8 @@ def test_shapes_quickstart_stops_on_steps_and_reports(tmp_path):
 def test_quickstart_refuses_an_empty_guidance_interval(capsys):
     with pytest.raises(SystemExit):
         quickstart.parse(["--guidance-interval", "5", "1"])
-    assert "--guidance-interval LO HI needs 0 <= LO < HI, got 5 1" in capsys.readouterr().err
+    assert "--guidance-interval: guidance interval must be (lo, hi) with 0 <= lo < hi, got (5.0, 1.0)" in \
+        capsys.readouterr().err
 
 
 def test_image_data_evaluation_scores_against_real_images(tmp_path, tiny_base_kwargs):

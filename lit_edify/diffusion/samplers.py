@@ -180,6 +180,12 @@ def nfe_per_step(name: str) -> int:
     return 2 if name == "heun" else 1
 
 
+def check_guidance_interval(interval: tuple[float, float] | None) -> None:
+    """ValueError unless ``interval`` is None or a sigma range ``(lo, hi)`` with ``0 <= lo < hi``."""
+    if interval is not None and not 0 <= interval[0] < interval[1]:
+        raise ValueError(f"guidance interval must be (lo, hi) with 0 <= lo < hi, got {tuple(interval)}")
+
+
 class CFGDenoiser:
     """Classifier-free guidance: ``D = D_u + scale * (D_c - D_u)`` in one batched call.
 
@@ -192,8 +198,7 @@ class CFGDenoiser:
 
     def __init__(self, denoiser: Callable, cond: dict, uncond: dict, scale: float,
                  interval: tuple[float, float] | None = None):
-        if interval is not None and not 0 <= interval[0] < interval[1]:
-            raise ValueError(f"guidance interval must be (lo, hi) with 0 <= lo < hi, got {interval}")
+        check_guidance_interval(interval)
         self.denoiser, self.cond, self.uncond, self.scale = denoiser, cond, uncond, scale
         self.interval = interval
 
