@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from .laplacian import down
+from .samplers import check_guidance_interval
 
 Tensor = torch.Tensor
 
@@ -59,8 +60,7 @@ class ReconstructionGuidance:
                  pass_x_low: bool = False):
         if not weight >= 0:
             raise ValueError(f"reconstruction guidance weight must be >= 0, got {weight}")
-        if window is not None and not 0 <= window[0] < window[1]:
-            raise ValueError(f"guidance window must be (lo, hi) with 0 <= lo < hi, got {window}")
+        check_guidance_interval(window)
         self.denoiser, self.factor, self.weight, self.window = denoiser, int(factor), float(weight), window
         self.pass_x_low = pass_x_low
 
