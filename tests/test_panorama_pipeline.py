@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from lit_edify.data_modules.hdr_world import Scene, Shape, render_equirect, render_view
@@ -102,6 +103,19 @@ def test_bright_views_look_at_the_sun():
         assert float(views[i]["image"].max()) > 2 ** 12  # the sun (2^16 x the sky) is in every view
     random_views = HDRViews([pano], 32, 64, p_bright=0.0, fov_deg=(60, 90))
     assert sum(float(random_views[i]["image"].max()) > 2 ** 12 for i in range(64)) < 32
+
+
+def test_native_scale_views_keep_the_panoramas_pixel_pitch():
+    from lit_edify.data_modules.hdr_data import HDRViews
+
+    w = 256  # columns hold their own index: a view's centre-row step is its pixel pitch in panorama pixels
+    pano = torch.arange(w, dtype=torch.float32).view(1, 1, w).expand(3, 128, w).contiguous()
+    for scale in (1.0, 0.5):
+        views = HDRViews([pano], 16, 24, pitch_deg=(0, 0), native_scale=(scale, scale))
+        steps = [float(views[i]["image"][0, 8, 8] - views[i]["image"][0, 8, 7]) for i in range(24)]
+        assert abs(float(np.median(steps)) - scale) < 0.01, (scale, steps)
+    with pytest.raises(ValueError, match="native_scale"):
+        HDRViews([pano], 16, 4, native_scale=(0.0, 1.0))
 
 
 def test_boundary_ratio_sees_a_step_at_the_mask_edge():
