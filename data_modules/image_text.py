@@ -82,6 +82,9 @@ class ImageTextDataModule(L.LightningDataModule):
             one pass per epoch (ranks may then get different numbers of batches: single-process only).
         index_path: where the folder's size index is cached (default next to the data).
         pin_memory, persistent_workers, prefetch_factor: passed to ``DataLoader``.
+        cache_mb: decoded training samples kept in memory per loader process, in MiB (0: off). When the
+            training set fits, each file is read and decoded once per process instead of once per epoch
+            (Fashion-MNIST's 20k images at 32 px take 240 MiB); each worker process keeps its own cache.
     """
 
     def __init__(
@@ -116,6 +119,7 @@ class ImageTextDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         prefetch_factor: int | None = None,
+        cache_mb: float = 0.0,
     ) -> None:
         super().__init__()
         if (root is None) == (hf_dataset is None):
@@ -128,6 +132,8 @@ class ImageTextDataModule(L.LightningDataModule):
             raise ValueError("val_fraction is not supported with streaming=True; set it to 0")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if cache_mb < 0 or (cache_mb > 0 and streaming):
+            raise ValueError(f"cache_mb must be >= 0 (and 0 with streaming=True), got {cache_mb}")
         self.save_hyperparameters()
         self.aspects = list(aspects) if aspects else list(ASPECT_RATIOS)
         self.mixer = CaptionMixer(p_long, p_drop_caption)
@@ -232,7 +238,8 @@ class ImageTextDataModule(L.LightningDataModule):
         val_items = [it for it, v in zip(items, val) if v]
         if not train_items:
             raise ValueError(f"val_fraction={hp.val_fraction} left no training samples; lower it")
-        self.train_set = ImageTextDataset(train_items, self.maker, getter, seed=hp.seed)
+        self.train_set = ImageTextDataset(train_items, self.maker, getter, seed=hp.seed,
+                                          cache_bytes=int(hp.cache_mb * 2**20))
         if val_items:
             val_maker = SampleMaker(
                 hp.resolution,

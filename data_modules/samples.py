@@ -133,6 +133,9 @@ class ImageTextDataset(Dataset):
             it uses a per-process RNG seeded from ``torch.initial_seed()`` (differs per worker and
             epoch, reproducible under ``seed_everything``).
         max_retries: replacement attempts before giving up on an index.
+        cache_bytes: decoded samples kept in memory by this process, in bytes (0: off). A cached index reads and
+            decodes no file again; its caption is still drawn anew (same RNG use as a fresh load, so a run gives
+            the same batches with and without the cache). Samples past the budget are loaded every time.
 
     ``__getitem__`` never raises for a bad file unless ``max_retries`` replacements in its bucket
     are bad too (then ``RuntimeError``); every failure is recorded and reported by :meth:`collate`.
@@ -147,7 +150,10 @@ class ImageTextDataset(Dataset):
         seed: int = 0,
         deterministic: bool = False,
         max_retries: int = 16,
+        cache_bytes: int = 0,
     ) -> None:
+        if cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
         self.items = items
         self.maker = maker
         self.image_getter = image_getter
@@ -161,6 +167,8 @@ class ImageTextDataset(Dataset):
         self._rng: random.Random | None = None
         self._rng_seed: int | None = None
         self._pending = {"attempted": 0, "skipped": [], "notes": []}
+        self.cache_bytes, self._cache_used = int(cache_bytes), 0
+        self._cache: dict[int, tuple[dict, str | None]] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -182,13 +190,20 @@ class ImageTextDataset(Dataset):
         if index in self._known_bad:
             raise BadSample(self._known_bad[index])
         it = self.items[index]
+        if index in self._cache:
+            sample, caption = self._cache[index]
+            return {**sample, "caption": self.maker.mixer(caption, it.get("long_caption"), self._caption_rng(index))}
         caption = it.get("caption")
         if it.get("caption_file") and caption is None:
             caption, note = self.maker.read_caption_file(it["caption_file"])
             if note:
                 self._pending["notes"].append((it["name"], note))
         src = it["path"] if "path" in it else self.image_getter(it["row"])  # type: ignore[misc]
-        return self.maker.make(src, it["aspect"], caption, it.get("long_caption"), it, self._caption_rng(index))
+        sample = self.maker.make(src, it["aspect"], caption, it.get("long_caption"), it, self._caption_rng(index))
+        size = sum(v.nbytes for v in sample.values() if isinstance(v, torch.Tensor))
+        if self._cache_used + size <= self.cache_bytes:
+            self._cache[index], self._cache_used = (sample, caption), self._cache_used + size
+        return sample
 
     def __getitem__(self, index: int) -> dict:
         candidates = [index]

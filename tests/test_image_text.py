@@ -183,6 +183,35 @@ def test_awkward_modes_are_converted_correctly(folder):
     assert _sample(dm, "odd/grey.png")["aspect"] == "9:16"
 
 
+def test_cached_samples_equal_fresh_loads_and_each_file_is_decoded_once(folder, monkeypatch):
+    root, _ = folder
+    plain, cached = (_dm(root, p_drop_caption=0.3, cache_mb=mb) for mb in (0, 64))
+    for dm in (plain, cached):
+        dm.setup("fit")
+    ds, loads = cached.train_set, []
+    real_make = ds.maker.make
+    monkeypatch.setattr(ds.maker, "make", lambda src, *a: loads.append(src) or real_make(src, *a))
+    captions = []
+    for _ in range(3):  # same samples, same caption draws (the RNG is used as by a fresh load)
+        for i in range(len(ds)):
+            a, b = plain.train_set[i], ds[i]
+            assert a["caption"] == b["caption"] and torch.equal(a["image"], b["image"])
+            captions.append(b["caption"])
+    assert "" in captions and len(set(captions)) > 2  # the caption drop is drawn anew on cached samples
+    good = [x for x in loads if "/bad/" not in str(x)]
+    assert len(good) == len(set(good)) == len(ds._cache)  # every good file decoded once, then served from memory
+    assert ds._cache_used == sum(v.nbytes for s, _ in ds._cache.values() for v in s.values()
+                                 if isinstance(v, torch.Tensor))
+    small = _dm(root, cache_mb=1.5 * 3 * RES * RES * 4 / 2**20)  # room for one or two samples (a 64 x 64 is 48 KiB)
+    small.setup("fit")
+    for i in range(len(small.train_set)):
+        small.train_set[i]
+    assert 0 < len(small.train_set._cache) < len(ds._cache)
+    assert 0 < small.train_set._cache_used <= small.train_set.cache_bytes
+    with pytest.raises(ValueError, match="cache_mb"):
+        _dm(root, cache_mb=-1)
+
+
 def test_bad_files_met_in_worker_processes_are_counted(folder):
     root, _ = folder
     dm = _dm(root, num_workers=2)
