@@ -1,7 +1,8 @@
 """HDR training data for LDR2HDR: perspective crops of HDR panoramas (procedural worlds and folders of .exr/.hdr).
 
 Each sample is ``{"image": (3, S, S) float32}``: a random perspective view (yaw uniform, pitch and field of view in
-ranges, or the field of view that keeps the panorama's own pixel pitch) of a random panorama of the pool, cut with :func:`lit_edify.panorama.geometry.equirect_to_perspective`.
+ranges, or the field of view that keeps the panorama's own pixel pitch) of a random panorama of the pool, cut with
+:func:`lit_edify.panorama.geometry.equirect_to_perspective`.
 The virtual camera that makes the LDR input lives in the module (:class:`lit_edify.modules.ldr2hdr.LDR2HDR`).
 Held-out panoramas (``holdout`` file names, procedural scenes of other seeds) form the validation set as whole
 equirectangular images.
