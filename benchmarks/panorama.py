@@ -8,7 +8,8 @@
    the overlap it was given (before that content is put back).
 2. LDR2HDR on held-out HDR panoramas (blender-data sunset and forest, 4 procedural worlds of unseen seeds) through
    the evaluation camera (auto exposure, sRGB, 8 bits): log L1, mu-law PSNR vs inverting the camera curve, dynamic
-   range and sun peak error (stops), unsaturated pixels vs the linearised input.
+   range and sun peak error (stops), unsaturated pixels vs the linearised input. The held-out procedural worlds
+   again rendered at ``--hdr-size`` (4K), converted at that size and at the model's working width.
 3. The whole chain (`lit_edify.pipelines.panorama.panorama`) at each size in a fresh process: wall time per part
    and peak RSS.
 Headline last: ``panorama: seam_ratio=<x> hdr_log_l1=<y> peak_gib_16k=<z>``.
@@ -110,7 +111,38 @@ def hdr_eval(args, model, out: Path) -> dict:
                     shots.append(torch.nn.functional.interpolate(tone_map(x[0], 2.0 ** stops)[None], size=size,
                                                                  mode="area")[0])
     save_image_atomic(torch.stack(shots), out / "hdr_exposures.png", nrow=2, padding=2)
-    return {"rows": rows}
+    return {"rows": rows, "at_size": hdr_at_size(args, model) if args.hdr_size else []}
+
+
+def hdr_at_size(args, model) -> list[dict]:
+    """The 4 held-out procedural worlds rendered exactly at a panorama size of the chain: LDR2HDR run at that size
+    against run at its working width (``pitched_hdr``)."""
+    from lit_edify.data_modules.hdr_data import procedural_panoramas
+    from lit_edify.panorama.camera import LOG_EPS, VirtualCamera, hdr_metrics
+    from lit_edify.pipelines.panorama import SIZES
+
+    size, work = SIZES[args.hdr_size], args.work_width or model.hparams.get("work_width")
+    if not work:
+        print("LDR2HDR at panorama size: skipped (the checkpoint has no work_width; pass --work-width)")
+        return []
+    print(f"LDR2HDR on the procedural worlds rendered at {args.hdr_size} ({size[1]}x{size[0]}): at that size vs at "
+          f"the working width {work}:")
+    rows = []
+    for k, hdr in enumerate(procedural_panoramas(4, 10_000, size)):
+        ldr, target = VirtualCamera().expose(hdr[None], None)
+        del hdr
+        row = {"name": f"procedural_{k}"}
+        for arm, width in (("native", size[1]), ("work", work)):
+            t = time.perf_counter()
+            pred = (model.to_hdr(ldr[0], work_width=width).float().exp() - LOG_EPS).clamp(min=0)[None]
+            row[arm] = {**hdr_metrics(pred, target, ldr), "seconds": time.perf_counter() - t}
+            del pred
+        rows.append(row)
+        print("  " + f"procedural_{k}: " + "; ".join(
+            f"{arm} log L1 {m['log_l1']:.3f}, mu-PSNR {m['mu_psnr']:.2f} dB, dynamic range {m['dr_err_stops']:+.2f} "
+            f"stops, peak {m['peak_err_stops']:+.2f} stops, unsaturated {100 * m['unsat_rel_err']:.2f}% "
+            f"({m['seconds']:.0f} s)" for arm, m in ((a, row[a]) for a in ("native", "work"))), flush=True)
+    return rows
 
 
 def _chain_child(queue, args, size: str, out: str) -> None:
@@ -121,7 +153,7 @@ def _chain_child(queue, args, size: str, out: str) -> None:
         t0 = time.perf_counter()
         base, inpaint, model = load(args)
         t1 = time.perf_counter()
-        res = panorama(base, inpaint, model, PROMPTS[0], size, out)
+        res = panorama(base, inpaint, model, PROMPTS[0], size, out, hdr_width=args.work_width)
         queue.put({"load_s": t1 - t0, "total_s": time.perf_counter() - t1,
                    **{f"{k}_s": v for k, v in res["seconds"].items()},
                    "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, "peak": res["peak"]})
@@ -137,6 +169,9 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=2)
     p.add_argument("--sizes", default="4k,8k,16k")
     p.add_argument("--parts", default="consistency,hdr,scale")
+    p.add_argument("--hdr-size", default="4k", help="also judge LDR2HDR on procedural worlds rendered at this "
+                   "panorama size, at that size and at its working width ('' to skip)")
+    p.add_argument("--work-width", type=int, help="LDR2HDR working width (default: the checkpoint's work_width)")
     p.add_argument("--out", default="runs/panorama_bench")
     args = p.parse_args()
     torch.set_num_threads(1)

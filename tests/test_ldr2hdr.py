@@ -2,10 +2,11 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from lit_edify.data_modules.hdr_world import Scene, render_view
-from lit_edify.modules.ldr2hdr import LDR2HDR, LDR2HDRNet, tiled_hdr
+from lit_edify.modules.ldr2hdr import LDR2HDR, LDR2HDRNet, pitched_hdr, tiled_hdr, wrap_bilinear
 from lit_edify.panorama.camera import (LOG_EPS, VirtualCamera, auto_exposure, dynamic_range_stops, hdr_metrics,
                                        log_l1, luminance, mu_law, mu_law_psnr, srgb_decode, srgb_encode)
 from lit_edify.panorama.geometry import View
@@ -85,6 +86,49 @@ def test_tiled_inference_equals_untiled_and_wraps_longitude():
     a = tiled_hdr(net, u8, tile=64, halo=128, out=torch.empty(3, 128, 256))
     b = tiled_hdr(net, u8.roll(64, -1), tile=64, halo=128, out=torch.empty(3, 128, 256))
     assert (b - a.roll(64, -1)).abs().max() < 1e-4  # no seam: the panorama's columns wrap around
+
+
+def test_wrap_bilinear_is_interpolate_with_longitude_wrapped():
+    lo = torch.randn(3, 8, 12)
+    s = 4
+    padded = torch.cat([lo[..., -1:], lo, lo[..., :1]], -1)  # one column of the other side on each side
+    ref = torch.nn.functional.interpolate(padded[None], scale_factor=s, mode="bilinear", align_corners=False)[0]
+    ref = ref[..., s:s + 12 * s]
+    for y, x, th, tw in [(0, 0, 32, 48), (8, 40, 16, 8), (28, 0, 4, 3), (0, 44, 32, 4)]:
+        assert (wrap_bilinear(lo, s, y, x, th, tw) - ref[:, y:y + th, x:x + tw]).abs().max() < 1e-5
+    clamped = torch.nn.functional.interpolate(lo[None], scale_factor=s, mode="bilinear", align_corners=False)[0]
+    assert torch.allclose(clamped[..., 2:-2], ref[..., 2:-2], atol=1e-5)
+    assert not torch.allclose(clamped[..., :2], ref[..., :2], atol=1e-2)  # the first columns blend in the last
+
+
+def test_pitched_conversion_runs_the_network_at_the_working_width():
+    net = randomised(LDR2HDRNet(8, 8))
+    small = torch.rand(3, 32, 64) * 0.85
+    small[:, 10:14, 20:26] = 1.0  # a clipped sun
+    small[:, 5:7, 62:64] = 0.97  # glow at the wrap
+    ldr = torch.nn.functional.interpolate(small[None], scale_factor=4, mode="nearest")[0]
+    ldr[:, 100:102, 30:32] = 1.0  # clipped at full size, averaged below tau at the working width
+    out = pitched_hdr(net, ldr, 64, tile=48, halo=128, out=torch.empty(3, 128, 256))
+    lin = (srgb_decode(ldr) + LOG_EPS).log()
+    small_avg = torch.nn.functional.avg_pool2d(ldr[None], 4)[0]
+    pred = tiled_hdr(net, small_avg, tile=64, halo=128, out=torch.empty(3, 32, 64))  # one tile, wrapped
+    residual = pred - (srgb_decode(small_avg) + LOG_EPS).log()
+    padded = torch.cat([residual[..., -1:], residual, residual[..., :1]], -1)
+    up = torch.nn.functional.interpolate(padded[None], scale_factor=4, mode="bilinear", align_corners=False)[0]
+    ref = lin + net.alpha(ldr) * up[..., 4:4 + 256]
+    assert (out - ref).abs().max() < 1e-4
+    unsat = (ldr.max(0, keepdim=True).values <= net.tau).expand_as(ldr)
+    assert torch.equal(out[unsat], lin[unsat])  # exactly the linearised input where nothing is near saturation
+    sun = (slice(None), slice(40, 56), slice(80, 104))
+    assert float((out[sun] - lin[sun]).abs().min()) > 0  # the prediction reaches the full-size sun
+    assert torch.equal(out[:, 100:102, 30:32], lin[:, 100:102, 30:32])  # nothing predicted there at working width
+    model = LDR2HDR(width=8, high_width=8, work_width=64)
+    model.net.load_state_dict(net.state_dict())
+    assert torch.equal(model.to_hdr(ldr, tile=48, halo=128).float(), out.half().float())
+    assert torch.equal(model.to_hdr(small, tile=32, halo=32), tiled_hdr(net, small, tile=32, halo=32))
+    for bad in (48, 100, 0):
+        with pytest.raises(ValueError, match="working"):
+            pitched_hdr(net, ldr, bad)
 
 
 def test_training_learns_the_sun_and_checkpoint_round_trip(tmp_path):

@@ -33,6 +33,8 @@ def run(capsys, files, *extra, out=None, size="4k"):
 def test_bad_arguments_are_one_line_usage_errors(capsys, files):
     assert "--size '2k' is unknown; choose one of ['4k', '8k', '16k']" in run(capsys, files, size="2k")
     assert "(aspect 1.50); the panorama's views are square" in run(capsys, files, "--view", str(files / "wide.png"))
+    assert "--hdr-width 1000 must divide the 4k width 4096" in run(capsys, files, "--hdr-width", "1000")
+    assert "--hdr-width 16 must divide" in run(capsys, files, "--hdr-width", "16")
     assert "must end in .exr or .hdr" in run(capsys, files, out=files / "pano.png")
     assert "not found" in run(capsys, files, "--view", str(files / "missing.png"))
     assert "is not writable" in run(capsys, files, out=files / "base.ckpt" / "pano.exr")  # parent is a file

@@ -33,6 +33,8 @@ def parser() -> ArgumentParser:
     p.add_argument("--views", type=positive_int, default=8, help="views around the horizon (default 8)")
     p.add_argument("--overlap", type=finite_float, default=0.5, help="share of a horizon view's width seen by its "
                    "neighbour (default 0.5)")
+    p.add_argument("--hdr-width", type=positive_int, help="panorama width at which LDR2HDR runs (default: the "
+                   "checkpoint's work_width, else the output size); its prediction is upsampled to the output")
     p.add_argument("--steps", type=positive_int, help="solver steps per view")
     p.add_argument("--guidance", type=finite_float)
     p.add_argument("--seed", type=int, default=0)
@@ -46,6 +48,10 @@ def check_args(p: ArgumentParser, a) -> None:
         p.error(f"--size {a.size!r} is unknown; choose one of {list(SIZE_CHOICES)}")
     if not a.prompt.strip():
         p.error("--prompt is empty; pass a caption")
+    width = {"4k": 4096, "8k": 8192, "16k": 16384}[a.size]
+    if a.hdr_width is not None and (width % a.hdr_width or a.hdr_width % 32):
+        p.error(f"--hdr-width {a.hdr_width} must divide the {a.size} width {width} and be a multiple of 32 "
+                "(e.g. 512, 1024 or 2048)")
     out = Path(a.out)
     if out.is_dir():
         p.error(f"--out {a.out!r} is a folder; pass a file path such as {os.path.join(a.out, 'pano.exr')}")
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         raise CheckpointError(f"--hdr-ckpt {a.hdr_ckpt} is a {type(hdr).__name__} checkpoint, not LDR2HDR")
     example = _example(a.view, base.image_shape("1:1")) if a.view else None
     res = panorama(base, inpaint, hdr, a.prompt, a.size, a.out, example=example, seed=a.seed, steps=a.steps,
-                   guidance=a.guidance, n_views=a.views, overlap=a.overlap,
+                   guidance=a.guidance, n_views=a.views, overlap=a.overlap, hdr_width=a.hdr_width,
                    progress=lambda it: track(it, description="views", total=len(it)))
     h, w = res["size"]
     print(f"wrote {w}x{h} panorama: {res['exr']}, {res['hdr']}, preview {res['png']} "

@@ -32,7 +32,7 @@ from lit_edify.modules.mixin import adamw_with_warmup, planned_steps
 from lit_edify.modules.registry import record_class, register
 from lit_edify.panorama.camera import LOG_EPS, VirtualCamera, hdr_metrics, inverse_crf, srgb_decode
 
-__all__ = ["LDR2HDR", "LDR2HDRNet", "tiled_hdr"]
+__all__ = ["LDR2HDR", "LDR2HDRNet", "pitched_hdr", "tiled_hdr", "wrap_bilinear"]
 Tensor = torch.Tensor
 
 
@@ -84,8 +84,13 @@ class LDR2HDRNet(nn.Module):
         low = self.out_scale * self.low(low_x) + F.avg_pool2d(log_lin, self.factor)
         up = F.interpolate(low, scale_factor=float(self.factor), mode="bilinear", align_corners=False)
         high = self.out_scale * self.high(torch.cat([x, up / 4], 1)) + up
-        alpha = ((ldr.max(1, keepdim=True).values - self.tau) / (1 - self.tau)).clamp(0, 1)
+        alpha = self.alpha(ldr)
         return alpha * high + (1 - alpha) * log_lin, low
+
+    def alpha(self, ldr: Tensor) -> Tensor:
+        """Blend weight (B, 1, H, W) of the prediction: 0 below ``tau`` (the output is the linearised input), 1 at
+        clipping."""
+        return ((ldr.max(-3, keepdim=True).values - self.tau) / (1 - self.tau)).clamp(0, 1)
 
 
 def tiled_hdr(net: LDR2HDRNet, ldr: Tensor, tile: int = 512, halo: int = 128, wrap_x: bool = True,
@@ -111,7 +116,7 @@ def tiled_hdr(net: LDR2HDRNet, ldr: Tensor, tile: int = 512, halo: int = 128, wr
         else:
             xa, xb = max(0, x - halo), min(w, x + tile + halo)
             src, x0 = ldr[:, y0:y1, xa:xb], x - xa
-        src = src.float() / 255 if src.dtype == torch.uint8 else src.float()
+        src = _unit(src)
         th, tw = min(tile, h - y), min(tile, w - x)
         core = src[:, y - y0:y - y0 + th, x0:x0 + tw]
         if float(core.max()) <= net.tau:  # nothing near saturation: the output is the linearised input, exactly
@@ -121,6 +126,57 @@ def tiled_hdr(net: LDR2HDRNet, ldr: Tensor, tile: int = 512, halo: int = 128, wr
                 pred = net(src[None].to(dev))[0][0].cpu()[:, y - y0:y - y0 + th, x0:x0 + tw]
         out[:, y:y + th, x:x + tw] = pred.to(out.dtype)
     return out
+
+
+def wrap_bilinear(lo: Tensor, s: int, y: int, x: int, th: int, tw: int) -> Tensor:
+    """Rows ``y:y+th`` and columns ``x:x+tw`` of ``lo`` (C, h, w) upsampled ``s`` times bilinearly between pixel
+    centres (as ``F.interpolate(..., align_corners=False)``), clamped at the top and bottom rows and wrapping around
+    in x as an equirectangular panorama does."""
+    h, w = lo.shape[-2:]
+    fy = ((torch.arange(y, y + th, dtype=torch.float64) + 0.5) / s - 0.5).clamp(0, h - 1)
+    fx = (torch.arange(x, x + tw, dtype=torch.float64) + 0.5) / s - 0.5
+    y0, x0 = fy.floor(), fx.floor()
+    wy, wx = (fy - y0).to(lo.dtype)[:, None], (fx - x0).to(lo.dtype)
+    y0, x0 = y0.long(), x0.long()
+    y1, x1, x0 = (y0 + 1).clamp(max=h - 1), (x0 + 1) % w, x0 % w
+    top, bottom = lo[:, y0], lo[:, y1]
+    top = top[:, :, x0] * (1 - wx) + top[:, :, x1] * wx
+    bottom = bottom[:, :, x0] * (1 - wx) + bottom[:, :, x1] * wx
+    return top * (1 - wy) + bottom * wy
+
+
+def pitched_hdr(net: LDR2HDRNet, ldr: Tensor, work_width: int, tile: int = 512, halo: int = 128,
+                out: Tensor | None = None, progress=None) -> Tensor:
+    """Log HDR (3, H, W) of an equirectangular LDR panorama (3, H, W) wider than the network was trained at: the
+    network runs on the panorama area-averaged to ``work_width`` columns (the pixel pitch it learned sun sizes and
+    glows at), and what it adds to the linearised input there (its residual, 0 wherever the small image is not near
+    saturation) is upsampled bilinearly, wrapping in longitude, and added where the full-size input is near
+    saturation: ``log HDR = log(linearised LDR) + alpha(LDR) * up(residual)``. Unsaturated pixels stay exactly the
+    linearised input; memory is bounded by the small image and one ``tile`` x ``tile`` block."""
+    c, h, w = ldr.shape
+    if work_width <= 0 or w % work_width or h % (w // work_width):
+        raise ValueError(f"panorama {h}x{w} does not divide into {work_width} columns: choose a working width that "
+                         "divides the panorama's width (and its height by the same factor)")
+    s = w // work_width
+    if h // s % net.stride:
+        raise ValueError(f"the working size {h // s}x{work_width} must be a multiple of {net.stride}")
+    out = torch.empty(3, h, w, dtype=torch.float16) if out is None else out
+    band = max(1, tile // s) * s
+    small = torch.cat([F.avg_pool2d(_unit(ldr[None, :, r:r + band]), s)[0] for r in range(0, h, band)], 1)
+    pred = tiled_hdr(net, small, tile, halo, wrap_x=True, out=torch.empty(small.shape))
+    residual = pred - (srgb_decode(small) + LOG_EPS).log()
+    tiles = [(y, x) for y in range(0, h, tile) for x in range(0, w, tile)]
+    for y, x in (progress(tiles) if progress else tiles):
+        src = _unit(ldr[:, y:y + tile, x:x + tile])
+        lin, alpha = (srgb_decode(src) + LOG_EPS).log(), net.alpha(src)
+        if float(alpha.max()) > 0:
+            lin = lin + alpha * wrap_bilinear(residual, s, y, x, *src.shape[-2:])
+        out[:, y:y + tile, x:x + tile] = lin.to(out.dtype)
+    return out
+
+
+def _unit(ldr: Tensor) -> Tensor:
+    return ldr.float() / 255 if ldr.dtype == torch.uint8 else ldr.float()
 
 
 #: LDR2HDR's optimiser defaults (a group given as a dict updates these)
@@ -138,16 +194,22 @@ class LDR2HDR(L.LightningModule):
         width / high_width: channels of the low-resolution U-Net / the full-resolution head.
         tau: saturation level above which the output is predicted (below: the linearised input).
         low_weight: weight of the low-resolution loss.
+        work_width: panorama width (columns for 360 degrees) at which :meth:`to_hdr` runs the network on wider
+            panoramas (:func:`pitched_hdr`); set it to the training panoramas' width, since sun sizes and glows are
+            per-pixel quantities. None: always at the input's own size.
         camera: :class:`VirtualCamera` arguments (dict).
         optim: :class:`OptimConfig` (or its dict).
     """
 
     def __init__(self, width: int = 24, high_width: int = 24, tau: float = 0.9, low_weight: float = 0.5,
-                 camera: dict | None = None, optim: OptimConfig = OPTIM, seed: int = 0):
+                 work_width: int | None = None, camera: dict | None = None, optim: OptimConfig = OPTIM,
+                 seed: int = 0):
         super().__init__()
         optim = coerce(OptimConfig, optim, OPTIM)  # a dict (YAML, checkpoint) updates this module's defaults
         self.save_hyperparameters({"width": width, "high_width": high_width, "tau": tau, "low_weight": low_weight,
-                                   "camera": dict(camera or {}), "optim": asdict(optim), "seed": seed})
+                                   "work_width": work_width, "camera": dict(camera or {}), "optim": asdict(optim), "seed": seed})
+        if work_width is not None and (work_width <= 0 or work_width % LDR2HDRNet.stride):
+            raise ValueError(f"work_width {work_width} must be a positive multiple of {LDR2HDRNet.stride}")
         self.optim = optim
         self.camera = VirtualCamera(**(camera or {}))
         self.net = LDR2HDRNet(width, high_width, tau)
@@ -195,8 +257,15 @@ class LDR2HDR(L.LightningModule):
         record_class(self, checkpoint)
 
     @torch.no_grad()
-    def to_hdr(self, ldr: Tensor, tile: int = 512, halo: int = 128, wrap_x: bool = True, progress=None) -> Tensor:
+    def to_hdr(self, ldr: Tensor, tile: int = 512, halo: int = 128, wrap_x: bool = True, progress=None,
+               work_width: int | None = None) -> Tensor:
         """Log HDR (3, H, W) float16 of an LDR panorama (3, H, W) (uint8 or float [0, 1]), tiled; H, W multiples
-        of 16 (see :func:`tiled_hdr`)."""
+        of 16 (see :func:`tiled_hdr`). A panorama wider than ``work_width`` (default: the hyperparameter) is
+        converted at that width and its prediction upsampled (:func:`pitched_hdr`, which needs ``wrap_x``)."""
+        work = work_width or self.hparams.get("work_width")
+        if work and ldr.shape[-1] > work:
+            if not wrap_x:
+                raise ValueError("a working width applies to equirectangular panoramas (wrap_x=True) only")
+            return pitched_hdr(self.net.eval(), ldr, work, tile, halo, progress=progress)
         return tiled_hdr(self.net.eval(), ldr, tile, halo, wrap_x, progress=progress)
 

@@ -198,11 +198,13 @@ def _banded_pool(log_hdr: Tensor, s: int, band: int = 512) -> Tensor:
 
 def panorama(base, inpaint, ldr2hdr, prompt: str, size: str = "4k", out: str | Path = "pano.exr",
              example: Tensor | None = None, seed: int = 0, steps: int | None = None, guidance: float | None = None,
-             n_views: int = 8, overlap: float = 0.5, pole_overlap_deg: float = 10.0, progress=None) -> dict:
+             n_views: int = 8, overlap: float = 0.5, pole_overlap_deg: float = 10.0, hdr_width: int | None = None,
+             progress=None) -> dict:
     """The whole chain: views -> equirectangular LDR at ``size`` (4k | 8k | 16k) -> LDR2HDR -> files.
 
     base / inpaint: the frozen base and its inpainting ControlNet (``load_frozen_base``, ``load_controlnet``);
-    ldr2hdr: an :class:`LDR2HDR`. Returns the output paths, the views, the overlap statistics and the seconds
+    ldr2hdr: an :class:`LDR2HDR`, run at ``hdr_width`` columns (default: its ``work_width``; the panorama's own
+    width when neither is set) with its prediction upsampled to the panorama (``pitched_hdr``). Returns the output paths, the views, the overlap statistics and the seconds
     each part took."""
     if size not in SIZES:
         raise ValueError(f"unknown panorama size {size!r}; choose one of {list(SIZES)}")
@@ -216,7 +218,7 @@ def panorama(base, inpaint, ldr2hdr, prompt: str, size: str = "4k", out: str | P
     ldr = torch.empty(3, *full, dtype=torch.uint8)
     assemble(views, [(x + 1) / 2 for x in gen.images], full, out=ldr)
     t.append(time.perf_counter())
-    log_hdr = ldr2hdr.to_hdr(ldr, tile=1024, halo=128)
+    log_hdr = ldr2hdr.to_hdr(ldr, tile=1024, halo=128, work_width=hdr_width)
     del ldr
     t.append(time.perf_counter())
     files = hdr_to_outputs(log_hdr, Path(out))
