@@ -8,7 +8,8 @@ from PIL import Image
 
 from lit_edify.cli import main
 from lit_edify.hdr_io import HDRError
-from lit_edify.pipelines.panorama import hdr_to_outputs
+from lit_edify.commands.panorama import SIZE_CHOICES
+from lit_edify.pipelines.panorama import SIZES, hdr_to_outputs
 
 
 @pytest.fixture
@@ -31,6 +32,7 @@ def run(capsys, files, *extra, out=None, size="4k"):
 
 
 def test_bad_arguments_are_one_line_usage_errors(capsys, files):
+    assert SIZE_CHOICES == tuple(SIZES)  # the command's choices are the pipeline's sizes
     assert "--size '2k' is unknown; choose one of ['4k', '8k', '16k']" in run(capsys, files, size="2k")
     assert "(aspect 1.50); the panorama's views are square" in run(capsys, files, "--view", str(files / "wide.png"))
     assert "--hdr-width 1000 must divide the 4k width 4096" in run(capsys, files, "--hdr-width", "1000")

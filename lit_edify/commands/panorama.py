@@ -48,7 +48,9 @@ def check_args(p: ArgumentParser, a) -> None:
         p.error(f"--size {a.size!r} is unknown; choose one of {list(SIZE_CHOICES)}")
     if not a.prompt.strip():
         p.error("--prompt is empty; pass a caption")
-    width = {"4k": 4096, "8k": 8192, "16k": 16384}[a.size]
+    from lit_edify.pipelines.panorama import SIZES
+
+    width = SIZES[a.size][1]
     if a.hdr_width is not None and (width % a.hdr_width or a.hdr_width % 32):
         p.error(f"--hdr-width {a.hdr_width} must divide the {a.size} width {width} and be a multiple of 32 "
                 "(e.g. 512, 1024 or 2048)")

@@ -207,7 +207,8 @@ class LDR2HDR(L.LightningModule):
         super().__init__()
         optim = coerce(OptimConfig, optim, OPTIM)  # a dict (YAML, checkpoint) updates this module's defaults
         self.save_hyperparameters({"width": width, "high_width": high_width, "tau": tau, "low_weight": low_weight,
-                                   "work_width": work_width, "camera": dict(camera or {}), "optim": asdict(optim), "seed": seed})
+                                   "work_width": work_width, "camera": dict(camera or {}), "optim": asdict(optim),
+                                   "seed": seed})
         if work_width is not None and (work_width <= 0 or work_width % LDR2HDRNet.stride):
             raise ValueError(f"work_width {work_width} must be a positive multiple of {LDR2HDRNet.stride}")
         self.optim = optim
