@@ -169,7 +169,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=2)
     p.add_argument("--sizes", default="4k,8k,16k")
     p.add_argument("--parts", default="consistency,hdr,scale")
-    p.add_argument("--hdr-size", default="4k", help="also judge LDR2HDR on procedural worlds rendered at this "
+    p.add_argument("--hdr-size", default="4k", choices=["", "4k", "8k", "16k"], help="also judge LDR2HDR on procedural worlds rendered at this "
                    "panorama size, at that size and at its working width ('' to skip)")
     p.add_argument("--work-width", type=int, help="LDR2HDR working width (default: the checkpoint's work_width)")
     p.add_argument("--out", default="runs/panorama_bench")

@@ -153,7 +153,7 @@ def pitched_hdr(net: LDR2HDRNet, ldr: Tensor, work_width: int, tile: int = 512, 
     saturation) is upsampled bilinearly, wrapping in longitude, and added where the full-size input is near
     saturation: ``log HDR = log(linearised LDR) + alpha(LDR) * up(residual)``. Unsaturated pixels stay exactly the
     linearised input; memory is bounded by the small image and one ``tile`` x ``tile`` block."""
-    c, h, w = ldr.shape
+    h, w = ldr.shape[-2:]
     if work_width <= 0 or w % work_width or h % (w // work_width):
         raise ValueError(f"panorama {h}x{w} does not divide into {work_width} columns: choose a working width that "
                          "divides the panorama's width (and its height by the same factor)")
