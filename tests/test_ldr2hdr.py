@@ -143,7 +143,7 @@ def test_training_learns_the_sun_and_checkpoint_round_trip(tmp_path):
     gap = lambda: float(((target + LOG_EPS).log() - model.net(ldr)[0])[sat].mean())  # under-prediction, log units
     with torch.no_grad():
         first = gap()
-    for _ in range(120):
+    for _ in range(240):  # at 120 the run still swings past the target (lr 1e-2): it passed at one thread, not two
         loss, _ = model.loss(hdr, None)
         opt.zero_grad()
         loss.backward()
