@@ -138,7 +138,7 @@ def hdr_at_size(args, model) -> list[dict]:
             row[arm] = {**hdr_metrics(pred, target, ldr), "seconds": time.perf_counter() - t}
             del pred
         rows.append(row)
-        print("  " + f"procedural_{k}: " + "; ".join(
+        print(f"  procedural_{k}: " + "; ".join(
             f"{arm} log L1 {m['log_l1']:.3f}, mu-PSNR {m['mu_psnr']:.2f} dB, dynamic range {m['dr_err_stops']:+.2f} "
             f"stops, peak {m['peak_err_stops']:+.2f} stops, unsaturated {100 * m['unsat_rel_err']:.2f}% "
             f"({m['seconds']:.0f} s)" for arm, m in ((a, row[a]) for a in ("native", "work"))), flush=True)
@@ -169,8 +169,8 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=2)
     p.add_argument("--sizes", default="4k,8k,16k")
     p.add_argument("--parts", default="consistency,hdr,scale")
-    p.add_argument("--hdr-size", default="4k", choices=["", "4k", "8k", "16k"], help="also judge LDR2HDR on procedural worlds rendered at this "
-                   "panorama size, at that size and at its working width ('' to skip)")
+    p.add_argument("--hdr-size", default="4k", choices=["", "4k", "8k", "16k"], help="also judge LDR2HDR on "
+                   "procedural worlds rendered at this panorama size, at that size and at its working width ('': skip)")
     p.add_argument("--work-width", type=int, help="LDR2HDR working width (default: the checkpoint's work_width)")
     p.add_argument("--out", default="runs/panorama_bench")
     args = p.parse_args()
