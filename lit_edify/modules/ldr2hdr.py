@@ -36,6 +36,11 @@ __all__ = ["LDR2HDR", "LDR2HDRNet", "pitched_hdr", "tiled_hdr", "wrap_bilinear"]
 Tensor = torch.Tensor
 
 
+def log_linear(ldr: Tensor) -> Tensor:
+    """ln of the LDR inverted through the sRGB curve (+ ``LOG_EPS``): the output wherever nothing is near saturation."""
+    return (srgb_decode(ldr) + LOG_EPS).log()
+
+
 def _block(ci: int, co: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(ci, co, 3, padding=1), nn.SiLU(), nn.Conv2d(co, co, 3, padding=1), nn.SiLU())
 
@@ -78,7 +83,7 @@ class LDR2HDRNet(nn.Module):
             nn.init.zeros_(head.bias)
 
     def forward(self, ldr: Tensor) -> tuple[Tensor, Tensor]:
-        log_lin = (srgb_decode(ldr) + LOG_EPS).log()
+        log_lin = log_linear(ldr)
         x = torch.cat([ldr * 2 - 1, log_lin / 4], 1)
         low_x = F.avg_pool2d(x, self.factor)
         low = self.out_scale * self.low(low_x) + F.avg_pool2d(log_lin, self.factor)
@@ -120,7 +125,7 @@ def tiled_hdr(net: LDR2HDRNet, ldr: Tensor, tile: int = 512, halo: int = 128, wr
         th, tw = min(tile, h - y), min(tile, w - x)
         core = src[:, y - y0:y - y0 + th, x0:x0 + tw]
         if float(core.max()) <= net.tau:  # nothing near saturation: the output is the linearised input, exactly
-            pred = (srgb_decode(core) + LOG_EPS).log()
+            pred = log_linear(core)
         else:
             with torch.no_grad():
                 pred = net(src[None].to(dev))[0][0].cpu()[:, y - y0:y - y0 + th, x0:x0 + tw]
@@ -164,11 +169,11 @@ def pitched_hdr(net: LDR2HDRNet, ldr: Tensor, work_width: int, tile: int = 512, 
     band = max(1, tile // s) * s
     small = torch.cat([F.avg_pool2d(_unit(ldr[None, :, r:r + band]), s)[0] for r in range(0, h, band)], 1)
     pred = tiled_hdr(net, small, tile, halo, wrap_x=True, out=torch.empty(small.shape))
-    residual = pred - (srgb_decode(small) + LOG_EPS).log()
+    residual = pred - log_linear(small)
     tiles = [(y, x) for y in range(0, h, tile) for x in range(0, w, tile)]
     for y, x in (progress(tiles) if progress else tiles):
         src = _unit(ldr[:, y:y + tile, x:x + tile])
-        lin, alpha = (srgb_decode(src) + LOG_EPS).log(), net.alpha(src)
+        lin, alpha = log_linear(src), net.alpha(src)
         if float(alpha.max()) > 0:
             lin = lin + alpha * wrap_bilinear(residual, s, y, x, *src.shape[-2:])
         out[:, y:y + tile, x:x + tile] = lin.to(out.dtype)

@@ -204,8 +204,8 @@ def panorama(base, inpaint, ldr2hdr, prompt: str, size: str = "4k", out: str | P
 
     base / inpaint: the frozen base and its inpainting ControlNet (``load_frozen_base``, ``load_controlnet``);
     ldr2hdr: an :class:`LDR2HDR`, run at ``hdr_width`` columns (default: its ``work_width``; the panorama's own
-    width when neither is set) with its prediction upsampled to the panorama (``pitched_hdr``). Returns the output paths, the views, the overlap statistics and the seconds
-    each part took."""
+    width when neither is set) with its prediction upsampled to the panorama (``pitched_hdr``). Returns the output
+    paths, the views, the overlap statistics and the seconds each part took."""
     if size not in SIZES:
         raise ValueError(f"unknown panorama size {size!r}; choose one of {list(SIZES)}")
     hw = base.image_shape("1:1")
