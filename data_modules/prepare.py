@@ -4,6 +4,7 @@ Commands (``python -m lit_edify.data_modules.prepare`` works the same)::
 
     lit-edify data tuxpaint --out data/tuxpaint [--limit N] [--stamps-dir DIR] [--no-svg]
     lit-edify data fashion-mnist --out data/fashion_mnist [--limit N] [--split train|test] [--source-dir DIR]
+    lit-edify data stats --root data/fashion_mnist --resolution 32 [--num N]   # pixel statistics -> sigma_data
 
 Both read the files of Debian packages (no network):
 
@@ -21,6 +22,11 @@ When the package is missing the command prints the ``apt-get install`` line and 
 a new or empty folder, or one this command wrote before (it leaves a ``.lit-edify-data.json`` marker there);
 anything else is refused with exit code 2 unless ``--force`` is given, so a user's files are never mixed into
 the dataset or overwritten.
+
+``stats`` reads a sample of a prepared folder the way training does (same buckets, resize and crop, pixels in
+[-1, 1]) and prints the pixel mean, standard deviation and root mean square. EDM's ``sigma_data`` is the data's
+standard deviation (0.5 for CIFAR-10 in [-1, 1], the default); set ``model.init_args.noise.sigma_data`` to the
+printed value when the data is far from it (Fashion-MNIST: 0.68).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from .imageio import BadSample, load_rgb
 from lit_edify.commands.argtypes import ArgumentParser
 from lit_edify.io import atomic_path, write_text_atomic
 
-__all__ = ["main", "prepare_tuxpaint", "prepare_fashion_mnist", "read_idx", "FASHION_CLASSES", "MARKER"]
+__all__ = ["main", "prepare_tuxpaint", "prepare_fashion_mnist", "read_idx", "pixel_stats", "FASHION_CLASSES", "MARKER"]
 
 #: file left in every output folder: which command wrote it (a later run of the same command may write there again)
 MARKER = ".lit-edify-data.json"
@@ -210,6 +216,45 @@ def prepare_fashion_mnist(source_dir: str, out: str, split: str = "train", limit
     return counts
 
 
+def pixel_stats(dataset, num: int, seed: int = 0) -> dict:
+    """Pixel mean, standard deviation and root mean square (in [-1, 1]) over ``num`` samples of ``dataset``.
+
+    ``dataset`` is an :class:`ImageTextDataset` (items as training loads them); the samples are drawn without
+    replacement with ``seed``. Every pixel and channel counts once, so buckets of different sizes are weighted by
+    their pixels.
+    """
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty: nothing to measure")
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(dataset), size=min(num, len(dataset)), replace=False)
+    total = total_sq = count = 0.0
+    for i in picks:
+        image = dataset[int(i)]["image"].double()
+        total, total_sq = total + image.sum().item(), total_sq + image.square().sum().item()
+        count += image.numel()
+    mean, mean_sq = total / count, total_sq / count
+    return {"images": len(picks), "mean": mean, "std": max(mean_sq - mean * mean, 0.0) ** 0.5, "rms": mean_sq**0.5}
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from .image_text import ImageTextDataModule
+
+    if not os.path.isdir(args.root):
+        print(f"error: --root {args.root!r} is not a folder; prepare one first (e.g. `lit-edify data fashion-mnist "
+              "--out data/fashion_mnist`)", file=sys.stderr)
+        return 2
+    dm = ImageTextDataModule(root=args.root, resolution=args.resolution, multiple=args.multiple, aspects=args.aspects,
+                             num_workers=0, require_caption=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    st = pixel_stats(dm.train_set, args.num, args.seed)
+    print(f"{st['images']} images of {args.root} at {args.resolution} px, pixels in [-1, 1]: mean {st['mean']:.3f}, "
+          f"std {st['std']:.3f}, rms {st['rms']:.3f}")
+    print(f"sigma_data (EDM: the data's standard deviation; default 0.5): {st['std']:.2f}  "
+          f"-> model.init_args.noise.sigma_data: {st['std']:.2f}")
+    return 0
+
+
 def _out_problem(out: str, command: str, force: bool) -> str | None:
     """Why ``lit-edify data <command>`` may not write into ``out`` (None when it may)."""
     if os.path.exists(out) and not os.path.isdir(out):
@@ -258,12 +303,21 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--split", choices=("train", "test"), default="train")
     f.add_argument("--source-dir", default=FASHION_DIR, help=f"folder with the idx .gz files (default {FASHION_DIR})")
     f.add_argument("--force", action="store_true", help="write into a non-empty --out folder anyway")
+    st = sub.add_parser("stats", help="pixel mean / std of a prepared folder as training reads it (for sigma_data)")
+    st.add_argument("--root", required=True, help="image folder (e.g. data/fashion_mnist)")
+    st.add_argument("--resolution", type=_positive, default=32, help="training resolution (default 32)")
+    st.add_argument("--multiple", type=_positive, default=16, help="bucket shapes are multiples of this (default 16)")
+    st.add_argument("--aspects", nargs="+", default=None, help="allowed buckets (default all five)")
+    st.add_argument("--num", type=_positive, default=2000, help="images to read (default 2000)")
+    st.add_argument("--seed", type=int, default=0)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``lit-edify data``; returns the exit status (0 ok, 2 missing source data or a refused --out)."""
     args = build_parser().parse_args(argv)
+    if args.command == "stats":
+        return _stats(args)
     if (why := _out_problem(args.out, args.command, args.force)) is not None:
         print(f"error: --out {why}", file=sys.stderr)
         return 2
