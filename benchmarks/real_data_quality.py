@@ -1,6 +1,6 @@
 """Real-data quality of the laptop recipe: the Fashion-MNIST quickstart trained for its budget, then scored.
 
-    python benchmarks/real_data_quality.py                   # 9000 steps + 2000 samples, about 35-45 min on 2 cores
+    python benchmarks/real_data_quality.py                   # 7000 steps + 2000 samples, about 30-40 min on 2 cores
     python benchmarks/real_data_quality.py --steps 3000      # shorter budget
 
 Runs ``lit-edify quickstart --data fashion-mnist`` (the tiny base recipe + ``recipes/tiny/fashion_mnist.yaml``
@@ -36,7 +36,7 @@ def quickstart(args: list[str], out: Path) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the quickstart's, 9000)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the quickstart's, 7000)")
     p.add_argument("--num-images", type=int, default=2000, help="generated images for FID / KID / accuracy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)

@@ -40,7 +40,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 #: --data -> (recipes merged in order, default steps, prepare(train_dir, test_dir) or None)
 DATASETS = {
     "shapes": ([RECIPES / "base32.yaml"], 2500),
-    "fashion-mnist": ([RECIPES / "base32.yaml", RECIPES / "fashion_mnist.yaml"], 9000),
+    "fashion-mnist": ([RECIPES / "base32.yaml", RECIPES / "fashion_mnist.yaml"], 7000),
     "tuxpaint": ([RECIPES / "base32.yaml", RECIPES / "tuxpaint.yaml"], 6000),
 }
 SHAPES_TARGETS = {"color": 0.95, "background": 0.95, "shape": 0.85, "pitch": 0.85, "dof": 0.75}
@@ -52,7 +52,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", action="append", help="recipe(s) to train instead of the dataset's defaults")
     p.add_argument("--out", default=None, help="output folder (default runs/quickstart[_<data>])")
     p.add_argument("--steps", type=positive_int, default=None,
-                   help="training steps (default: 2500 shapes, 9000 Fashion-MNIST, 6000 Tux Paint)")
+                   help="training steps (default: 2500 shapes, 7000 Fashion-MNIST, 6000 Tux Paint)")
     p.add_argument("--max-minutes", type=float, default=60.0, help="safety cap on training time")
     p.add_argument("--seed", type=int, default=0, help="training seed (data order, noise, initial weights)")
     p.add_argument("--data-root", default="data", help="where image datasets are prepared")
