@@ -131,6 +131,34 @@ def test_cfg_interval_guides_only_inside_and_skips_the_unconditional_branch_outs
         CFGDenoiser(denoiser, cond, uncond, 3.0, interval=(2.0, 1.0))
 
 
+def test_autoguidance_adds_the_difference_to_a_weaker_denoiser_of_the_same_condition():
+    def denoiser(x, sigma, ctx):
+        return x * ctx.view(-1, 1, 1, 1)
+
+    x, sigma = torch.randn(3, 1, 4, 4), torch.ones(3)
+    cond, uncond = {"ctx": torch.full((3,), 2.0)}, {"ctx": torch.full((3,), 0.5)}
+    guide_calls = []
+
+    def guide(y, s):                                # D_g = 1.5 x: the "bad" model
+        guide_calls.append(y.shape[0])
+        return 1.5 * y
+
+    pure = CFGDenoiser(denoiser, cond, uncond, 1.0, guide=guide, guide_scale=3.0)(x, sigma)
+    assert torch.allclose(pure, 1.5 * x + 3.0 * (2.0 * x - 1.5 * x))      # EDM2: D_g + w (D_c - D_g)
+    both = CFGDenoiser(denoiser, cond, uncond, 3.0, guide=guide, guide_scale=2.0)(x, sigma)
+    assert torch.allclose(both, 0.5 * x + 3.0 * (2.0 * x - 0.5 * x) + 1.0 * (2.0 * x - 1.5 * x))
+    assert guide_calls == [3, 3]
+    # weight 1, or the guide equal to the model, is plain CFG bit for bit, and weight 1 never calls the guide
+    plain = CFGDenoiser(denoiser, cond, uncond, 3.0)(x, sigma)
+    assert torch.equal(CFGDenoiser(denoiser, cond, uncond, 3.0, guide=guide, guide_scale=1.0)(x, sigma), plain)
+    assert guide_calls == [3, 3]
+    same = CFGDenoiser(denoiser, cond, uncond, 3.0, guide=lambda y, s: 2.0 * y, guide_scale=2.5)(x, sigma)
+    assert torch.equal(same, plain)
+    # outside the CFG interval only autoguidance applies
+    outside = CFGDenoiser(denoiser, cond, uncond, 3.0, interval=(0.5, 2.0), guide=guide, guide_scale=3.0)
+    assert torch.allclose(outside(x, torch.full((3,), 5.0)), 1.5 * x + 3.0 * (2.0 * x - 1.5 * x))
+
+
 def test_plans_reject_a_stage_entered_above_its_range():
     ident = lambda x, s: x  # noqa: E731
     lo = Stage(ident, LaplacianSchedule(), 0.002, 80.0, 4)

@@ -187,28 +187,39 @@ def check_guidance_interval(interval: tuple[float, float] | None) -> None:
 
 
 class CFGDenoiser:
-    """Classifier-free guidance: ``D = D_u + scale * (D_c - D_u)`` in one batched call.
+    """Classifier-free guidance, optionally with autoguidance, in one batched call for the guidance pair.
+
+    ``D = D_u + scale * (D_c - D_u)``; with a ``guide`` (Karras et al. 2024, "Guiding a Diffusion Model with a Bad
+    Version of Itself") also ``+ (guide_scale - 1) * (D_c - D_g)``, where ``guide(x, sigma) -> D_g`` is a weaker
+    denoiser of the same condition. So ``scale = 1`` is pure autoguidance ``D_g + guide_scale (D_c - D_g)`` and
+    ``guide_scale = 1`` (or no guide) is plain CFG, bit for bit.
 
     ``cond`` and ``uncond`` are dicts of tensors with a leading batch dim (B, ...); the conditional
     and unconditional inputs are concatenated along the batch. ``scale = 1`` skips the unconditional
-    branch. ``interval = (lo, hi)`` applies guidance only for ``lo <= sigma <= hi`` (Kynkaanniemi et al.
-    2024, "guidance in a limited interval"); outside it D = D_c and, when no sample of the batch is inside,
-    the unconditional branch is not evaluated. Call as ``CFGDenoiser(denoiser, cond, uncond, scale)(x, sigma)``.
+    branch. ``interval = (lo, hi)`` applies classifier-free guidance only for ``lo <= sigma <= hi`` (Kynkaanniemi
+    et al. 2024, "guidance in a limited interval"); outside it the CFG term is 0 and, when no sample of the batch is
+    inside, the unconditional branch is not evaluated. Autoguidance applies at every sigma.
+    Call as ``CFGDenoiser(denoiser, cond, uncond, scale)(x, sigma)``.
     """
 
     def __init__(self, denoiser: Callable, cond: dict, uncond: dict, scale: float,
-                 interval: tuple[float, float] | None = None):
+                 interval: tuple[float, float] | None = None, guide: Callable | None = None,
+                 guide_scale: float = 1.0):
         check_guidance_interval(interval)
         self.denoiser, self.cond, self.uncond, self.scale = denoiser, cond, uncond, scale
-        self.interval = interval
+        self.interval, self.guide, self.guide_scale = interval, guide, guide_scale
 
     def __call__(self, x: Tensor, sigma: Tensor, **_) -> Tensor:
         inside = torch.ones_like(sigma, dtype=torch.bool)
         if self.interval is not None:
             inside = (sigma >= self.interval[0]) & (sigma <= self.interval[1])
         if self.scale == 1.0 or not bool(inside.any()):
-            return self.denoiser(x, sigma, **self.cond)
-        both = {k: torch.cat([self.uncond[k], self.cond[k]]) for k in self.cond}
-        d_u, d_c = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), **both).chunk(2)
-        scale = torch.where(inside, self.scale, 1.0).to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
-        return d_u + scale * (d_c - d_u)
+            d = d_c = self.denoiser(x, sigma, **self.cond)
+        else:
+            both = {k: torch.cat([self.uncond[k], self.cond[k]]) for k in self.cond}
+            d_u, d_c = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), **both).chunk(2)
+            scale = torch.where(inside, self.scale, 1.0).to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
+            d = d_u + scale * (d_c - d_u)
+        if self.guide is not None and self.guide_scale != 1.0:
+            d = d + (self.guide_scale - 1.0) * (d_c - self.guide(x, sigma))
+        return d
