@@ -8,6 +8,8 @@ in for validation (and so for the metric and sample callbacks that run there), c
 model when training ends, and stores them as the checkpoint's ``state_dict`` (the raw weights go to
 ``current_model_state``), so resuming restores both. A step whose update the non-finite guard
 (lit_edify.callbacks.nonfinite) skipped leaves the average and ``images_seen`` unchanged.
+Frozen parameters (``requires_grad=False``: a personalization's untouched U-Net, an autoguidance guide) never change,
+so their average is their value: they are left out of the update instead of being averaged with themselves.
 """
 from __future__ import annotations
 
@@ -45,8 +47,23 @@ class EMA(WeightAveraging):
             halflife = min(halflife, self.rampup_ratio * self.images_seen)
         return 0.5 ** (images_per_step / max(halflife, 1e-8))
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._frozen_ptrs = None  # a new average model: its frozen parameters are found again
+        super().setup(trainer, pl_module, stage)
+
+    def _frozen(self) -> set[int]:
+        """Storage addresses of the averaged copy's frozen parameters (computed once)."""
+        if getattr(self, "_frozen_ptrs", None) is None:
+            module = self._average_model.module
+            self._frozen_ptrs = {p.data_ptr() for p in module.parameters() if not p.requires_grad}
+        return self._frozen_ptrs
+
     def _lerp(self, averaged: list, current: list, num_averaged) -> None:
         # num_averaged == 0 is AveragedModel's own first copy; afterwards move towards the current weights
+        frozen = self._frozen()
+        if frozen:  # lerp(a, a) == a: a frozen parameter equals its average, so skip it
+            keep = [i for i, a in enumerate(averaged) if a.data_ptr() not in frozen]
+            averaged, current = [averaged[i] for i in keep], [current[i] for i in keep]
         torch._foreach_lerp_(averaged, current, 1.0 - self._beta)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: Any, batch_idx: int) -> None:

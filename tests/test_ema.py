@@ -58,3 +58,35 @@ def test_ema_tracks_the_weights_and_lands_in_the_checkpoint(tmp_path):
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)       # written during training, at step 10
     assert math.isclose(ckpt["state_dict"]["w"].item(), avg, rel_tol=1e-5)
     assert math.isclose(ckpt["current_model_state"]["w"].item(), 1 - 0.8**10, rel_tol=1e-5)
+
+
+class ScalarWithFrozen(Scalar):
+    """Scalar plus a large frozen parameter that the EMA must keep exactly and need not average."""
+
+    def __init__(self):
+        super().__init__()
+        self.frozen = torch.nn.Parameter(torch.randn(1000), requires_grad=False)
+
+
+def test_frozen_parameters_are_kept_exactly_and_left_out_of_the_update(tmp_path, monkeypatch):
+    lerped = []
+    real_lerp = torch._foreach_lerp_
+
+    def counting_lerp(a, b, w):
+        lerped.append(sum(t.numel() for t in a))
+        return real_lerp(a, b, w)
+
+    monkeypatch.setattr(torch, "_foreach_lerp_", counting_lerp)
+    model, ema = ScalarWithFrozen(), EMA(halflife_images=8, rampup_ratio=None)
+    start = model.frozen.detach().clone()
+    trainer = L.Trainer(max_steps=10, callbacks=[ema], logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, default_root_dir=tmp_path, enable_model_summary=False)
+    trainer.fit(model)
+    assert lerped and set(lerped) == {1}                               # only w is averaged, 9 updates after the copy
+    assert len(lerped) == 9
+    assert torch.equal(model.frozen, start)                            # the frozen values came back unchanged
+    assert torch.equal(ema._average_model.module.frozen, start)
+    beta, avg = 0.5 ** 0.5, 0.0                                        # and w is averaged as before
+    for k in range(1, 11):
+        avg = (1 - 0.8 ** k) if k == 1 else beta * avg + (1 - beta) * (1 - 0.8 ** k)
+    assert math.isclose(model.w.item(), avg, rel_tol=1e-5)
