@@ -103,6 +103,8 @@ def sample_parser() -> argparse.ArgumentParser:
     p.add_argument("--upsampler-steps", type=positive_int)
     p.add_argument("--solver", choices=["dpmpp_2m", "ddim", "euler", "heun"])
     p.add_argument("--guidance", type=finite_float, help="classifier-free guidance scale of the base")
+    p.add_argument("--autoguidance", type=finite_float, help="autoguidance weight of the base (1 = off; default: "
+                   "the model's, for a model trained with sampling.guide_at); not with --control")
     p.add_argument("--plan", default="cascade", choices=["cascade", "switch"])
     p.add_argument("--pitch", type=int, default=-1, help="0 ascending, 1 eye level, 2 descending, -1 unknown")
     p.add_argument("--dof", type=int, default=-1, help="0 shallow, 1 deep, -1 unknown")
@@ -193,10 +195,12 @@ def sample_main(argv: list[str]) -> int:
               dof=[a.dof] * n, media_type=[a.media_type] * n,
               progress=lambda it: track(it, description="sampling", transient=True))
     if a.control:  # ControlNets on the frozen base; the upsampler (if any) is reused unchanged
+        if a.autoguidance is not None:
+            parser.error("--autoguidance is not available with --control (the controlled pipeline uses CFG only)")
         controls = load_controls(a, base, n, base.image_shape(a.aspect))
         images = controlled_text_to_image(base, a.prompt, controls, **kw)
     else:
-        images = text_to_image(base, a.prompt, **kw)
+        images = text_to_image(base, a.prompt, autoguidance=a.autoguidance, **kw)
     if a.upsampler4k_ckpt:  # text -> base -> 1K -> 4K (report Sec. 4)
         from lit_edify.commands.upsample import upsample_images
         images = upsample_images(a, images, kw["progress"])

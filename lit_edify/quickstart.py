@@ -64,6 +64,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sample-steps", type=positive_int, default=None, help="sampling steps (default: the recipe's)")
     p.add_argument("--solver", default=None, choices=sorted(SOLVERS), help="sampler (default: the recipe's)")
     p.add_argument("--guidance", type=finite_float, default=None)
+    p.add_argument("--autoguidance", type=finite_float, default=None,
+                   help="autoguidance weight (1 = off; default: the recipe's; needs a model trained with a guide)")
     p.add_argument("--guidance-interval", type=finite_float, nargs=2, metavar=("LO", "HI"), default=None,
                    help="apply guidance only for sigma in [LO, HI] (default: the recipe's; `0 1000`: at every sigma)")
     p.add_argument("--ckpt", default=None, help="skip training and evaluate this checkpoint (.ckpt/.safetensors)")
@@ -155,7 +157,8 @@ def evaluate_shapes(model, a: argparse.Namespace) -> dict:
         prompts = evaluation_prompts(n=n, seed=0, split=split)
         images = torch.cat([model.generate([p["caption"] for p in ps], pitch=[p["pitch"] for p in ps],
                                            dof=[p["dof"] for p in ps], media_type=[p["media_type"] for p in ps],
-                                           seed=i, steps=a.sample_steps, solver=a.solver, guidance=a.guidance)
+                                           seed=i, steps=a.sample_steps, solver=a.solver, guidance=a.guidance,
+                                           autoguidance=a.autoguidance)
                             for i in range(0, n, 64) for ps in [prompts[i:i + 64]]])
         save_image_atomic((images + 1) / 2, a.out / ("samples.png" if split == "test" else "heldout.png"), nrow=8)
         write_text_atomic(a.out / f"{split}_prompts.txt", "\n".join(p["caption"] for p in prompts) + "\n")
@@ -182,7 +185,8 @@ def evaluate_images(model, a: argparse.Namespace, test_dir: Path) -> dict:
     order = torch.randperm(len(ev.reference_prompts), generator=torch.Generator().manual_seed(0))
     prompts = [dict(ev.reference_prompts[int(i)]) for i in order[:a.num_images]]
     batches = generate_batches(lambda caps, **kw: model.generate(caps, steps=a.sample_steps, solver=a.solver,
-                                                                 guidance=a.guidance, **kw),
+                                                                 guidance=a.guidance, autoguidance=a.autoguidance,
+                                                                 **kw),
                                prompts, batch_size=100, seed=0)
     scores = ev.score_batches(batches, prompts)
     images = torch.cat([im for _, im in batches])
@@ -228,7 +232,8 @@ def write_report(report: dict, a: argparse.Namespace) -> None:
                else f"Training {report['train_s']:.0f} s for {report['steps']} steps")
     timing = (f"{trained}, evaluation {report['eval_s']:.0f} s, on {torch.get_num_threads()} threads; sampled with "
               f"{sp['solver']}, {sp['steps']} steps, guidance {sp['guidance']:g}"
-              + (" for sigma in [{:g}, {:g}].".format(*sp["guidance_interval"]) if sp["guidance_interval"] else "."))
+              + (" for sigma in [{:g}, {:g}]".format(*sp["guidance_interval"]) if sp["guidance_interval"] else "")
+              + (f", autoguidance {sp['autoguidance']:g}." if sp.get("autoguidance", 1.0) != 1.0 else "."))
     write_text_atomic(a.out / "report.md", "\n".join(lines) + "\n\n" + summary + "\n" + timing + "\n")
     console = Console()
     console.print(table)
@@ -257,12 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = model.cfg.sampling  # the settings every sample below uses: the options, else the checkpoint's recipe
     a.solver, a.sample_steps = a.solver or cfg.solver, a.sample_steps or cfg.steps
     a.guidance = cfg.guidance if a.guidance is None else a.guidance
+    a.autoguidance = cfg.autoguidance if a.autoguidance is None else a.autoguidance
     if a.guidance_interval is not None:
         cfg.guidance_interval = tuple(a.guidance_interval)
     t1 = time.time()
     report = evaluate_shapes(model, a) if a.data == "shapes" else evaluate_images(model, a, test_dir)
     report.update(steps=steps_done, train_s=t1 - t0, eval_s=time.time() - t1, seed=a.seed, data=a.data,
                   sampling={"solver": a.solver, "steps": a.sample_steps, "guidance": a.guidance,
+                            "autoguidance": a.autoguidance,
                             "guidance_interval": list(cfg.guidance_interval) if cfg.guidance_interval else None})
     write_report(report, a)
     return 0

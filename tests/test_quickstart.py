@@ -43,7 +43,8 @@ def test_shapes_quickstart_stops_on_steps_and_reports(tmp_path):
     assert (out / "samples.png").is_file() and (out / "heldout.png").is_file()
     assert "meet" in (out / "report.md").read_text()
     # the sampling settings the scores came from: the recipes' (base32's solver and guidance, SMALL's steps)
-    assert report["sampling"] == {"solver": "dpmpp_2m", "steps": 2, "guidance": 5.0, "guidance_interval": [0.5, 80.0]}
+    assert report["sampling"] == {"solver": "dpmpp_2m", "steps": 2, "guidance": 5.0, "guidance_interval": [0.5, 80.0],
+                                  "autoguidance": 1.0}
     assert "guidance 5 for sigma in [0.5, 80]" in (out / "report.md").read_text()
     # re-scored from its checkpoint with another guidance interval: the report says which one
     ckpt = next(out.rglob("final.ckpt"))
@@ -76,7 +77,7 @@ def test_image_data_evaluation_scores_against_real_images(tmp_path, tiny_base_kw
     torch.manual_seed(0)
     model = BaseModel(**flat(**tiny_base_kwargs)).eval()
     a = argparse.Namespace(out=tmp_path / "qs", num_images=8, num_reference=24, sample_steps=2, solver="ddim",
-                           guidance=1.0, classifier_steps=20)
+                           guidance=1.0, autoguidance=1.0, classifier_steps=20)
     a.out.mkdir()
     report = quickstart.evaluate_images(model, a, folder)
     s = report["scores"]

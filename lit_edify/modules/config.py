@@ -90,11 +90,26 @@ class OptimConfig:
 @dataclass
 class SamplingConfig:
     """Sampling defaults: solver (``lit_edify.diffusion.samplers``), steps, classifier-free guidance scale and the
-    optional sigma interval ``(lo, hi)`` in which guidance applies."""
+    optional sigma interval ``(lo, hi)`` in which guidance applies.
+
+    Autoguidance (``lit_edify.modules.autoguide``): ``guide_at`` (a fraction of the training steps, in (0, 1))
+    gives the module a frozen guide, the EMA weights as they were at that step of training, and ``autoguidance``
+    is its weight w (1 = off): ``D += (w - 1)(D_c - D_guide)`` on top of classifier-free guidance."""
     steps: int = 32
     solver: str = "dpmpp_2m"
     guidance: float = 3.0
     guidance_interval: tuple[float, float] | None = None
+    autoguidance: float = 1.0
+    guide_at: float | None = None
+
+    def __post_init__(self):
+        if self.guide_at is not None and not 0.0 < self.guide_at < 1.0:
+            raise ValueError(f"sampling.guide_at must be a fraction of the training steps in (0, 1), got {self.guide_at}")
+        if not (self.autoguidance >= 0.0 and self.autoguidance < float("inf")):
+            raise ValueError(f"sampling.autoguidance must be a finite weight >= 0 (1 = off), got {self.autoguidance}")
+        if self.autoguidance != 1.0 and self.guide_at is None:
+            raise ValueError("sampling.autoguidance != 1 needs a guide: set sampling.guide_at (the fraction of the "
+                             "training steps at which the EMA weights are kept as the guide)")
 
 
 @dataclass

@@ -26,6 +26,7 @@ from lit_edify.diffusion.samplers import CFGDenoiser, get_solver
 from lit_edify.nn.conditioning import ConditionEmbedder, TextEncoder
 from lit_edify.nn.presets import build_unet
 
+from .autoguide import Guide, guide_denoiser, maybe_take_snapshot
 from .config import DiffusionConfig, OptimConfig
 from .registry import record_class
 
@@ -105,6 +106,8 @@ class LaplacianDiffusionMixin:
         object.__setattr__(self, "_text_encoder", shared_text_encoder(cond.text_encoder, cond.max_text_length))
         self.embedder = ConditionEmbedder(self._text_encoder.dim, self.net.context_dim, cond.num_pitch, cond.num_dof,
                                           cond.num_media, cond.p_drop_text, cond.p_drop_camera, cond.p_drop_media)
+        #: frozen autoguidance guide (lit_edify.modules.autoguide), filled during training at sampling.guide_at
+        self.guide = Guide(self.net, self.embedder) if cfg.sampling.guide_at is not None else None
         self.schedule = LaplacianSchedule(tuple(noise.band_factors), tuple(noise.band_cutoffs),
                                           tuple(noise.band_starts) if noise.band_starts else None,
                                           noise.schedule_shape)
@@ -126,10 +129,11 @@ class LaplacianDiffusionMixin:
         return torch.as_tensor(values, dtype=torch.long, device=self.device).reshape(batch_size)
 
     def encode_conditions(self, captions: list[str], pitch=None, dof=None, media_type=None,
-                          drop: bool | None = None) -> tuple[Tensor, Tensor]:
+                          drop: bool | None = None, embedder: nn.Module | None = None) -> tuple[Tensor, Tensor]:
         """Captions + labels -> cross-attention (context (B, L+3, D), mask (B, L+3) bool).
 
-        drop=None: random embedding dropout in training mode; True: the unconditional context.
+        drop=None: random embedding dropout in training mode; True: the unconditional context. ``embedder``: another
+        condition embedder than ``self.embedder`` (the autoguidance guide's).
         """
         enc = self._text_encoder
         if enc.device != self.device:
@@ -138,8 +142,8 @@ class LaplacianDiffusionMixin:
         # its size/stride guards), so it gets contexts padded to max_length (masked positions change nothing)
         tokens, mask = enc.encode(list(captions), pad_to_max_length=self.cfg.net.compile or None)
         b = len(captions)
-        return self.embedder(tokens.to(self.device), mask.to(self.device), self._labels(pitch, b),
-                             self._labels(dof, b), self._labels(media_type, b), drop, drop, drop)
+        return (embedder or self.embedder)(tokens.to(self.device), mask.to(self.device), self._labels(pitch, b),
+                                           self._labels(dof, b), self._labels(media_type, b), drop, drop, drop)
 
     def denoise(self, x: Tensor, sigma: Tensor, context: Tensor, context_mask: Tensor,
                 extra: Tensor | None = None) -> Tensor:
@@ -268,9 +272,19 @@ class LaplacianDiffusionMixin:
         self._hparams_summary_written = True
 
     def on_fit_start(self) -> None:
-        """``compile=True``: compile the U-Net in place (``nn.Module.compile`` keeps the state_dict keys)."""
+        """``compile=True``: compile the U-Net in place (``nn.Module.compile`` keeps the state_dict keys). A guide
+        (``sampling.guide_at``) needs the run's total steps to know when to take its snapshot."""
+        self._total_steps = planned_steps(self)
+        if getattr(self, "guide", None) is not None and self._total_steps is None:
+            raise ValueError("sampling.guide_at (autoguidance) needs a known number of training steps: set "
+                             "trainer.max_steps")
         if self.cfg.net.compile:
             self.net.compile()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """Take the autoguidance snapshot at ``sampling.guide_at`` of training (after the EMA's update)."""
+        if getattr(self, "guide", None) is not None:
+            maybe_take_snapshot(self, self.trainer, self._total_steps)
 
     def configure_optimizers(self):
         """AdamW with linear warmup then a constant learning rate (Sec. 3.5), optionally a final decay."""
@@ -283,8 +297,10 @@ class LaplacianDiffusionMixin:
         return bucket_shape(aspect, self.cfg.noise.resolution, self.resolution_multiple)
 
     def stage(self, captions: list[str], *, pitch=None, dof=None, media_type=None, steps: int | None = None,
-              guidance: float | None = None, factor: int = 1, extra: Tensor | None = None) -> Stage:
-        """This module as one :class:`Stage` of a sampling plan, with classifier-free guidance."""
+              guidance: float | None = None, factor: int = 1, extra: Tensor | None = None,
+              autoguidance: float | None = None) -> Stage:
+        """This module as one :class:`Stage` of a sampling plan, with classifier-free guidance and autoguidance
+        (``guidance`` / ``autoguidance`` None: the ``sampling`` config's)."""
         nz, sp = self.cfg.noise, self.cfg.sampling
         cond_ctx, cond_mask = self.encode_conditions(captions, pitch, dof, media_type, drop=False)
         unc_ctx, unc_mask = self.encode_conditions(captions, pitch, dof, media_type, drop=True)
@@ -294,20 +310,23 @@ class LaplacianDiffusionMixin:
             cond["extra"] = uncond["extra"] = extra
         scale = sp.guidance if guidance is None else guidance
         interval = sp.guidance_interval
+        weight = sp.autoguidance if autoguidance is None else autoguidance
+        guide = guide_denoiser(self, captions, (pitch, dof, media_type), extra, weight)
         denoiser = CFGDenoiser(lambda x, s, **c: self.denoise(x, s, **c), cond, uncond, scale,
-                               tuple(interval) if interval else None)
+                               tuple(interval) if interval else None, guide=guide, guide_scale=weight)
         return Stage(denoiser, self.schedule, nz.sigma_min, nz.sigma_max, steps or sp.steps, factor=factor)
 
     @torch.no_grad()
     def generate(self, captions: list[str], *, pitch=None, dof=None, media_type=None, aspect: str = "1:1",
                  seed: int = 0, steps: int | None = None, solver: str | None = None,
-                 guidance: float | None = None, progress=None) -> Tensor:
+                 guidance: float | None = None, autoguidance: float | None = None, progress=None) -> Tensor:
         """Text -> images with this stage alone (full noise range).
 
         Returns (N, 3, H, W) float in [-1, 1], H x W from :meth:`image_shape`. Deterministic given seed.
         """
         h, w = self.image_shape(aspect)
-        st = self.stage(captions, pitch=pitch, dof=dof, media_type=media_type, steps=steps, guidance=guidance)
+        st = self.stage(captions, pitch=pitch, dof=dof, media_type=media_type, steps=steps, guidance=guidance,
+                        autoguidance=autoguidance)
         g = torch.Generator(device=self.device).manual_seed(seed)
         x = sample_plan([st], (len(captions), 3, h, w), "cascade", solver or self.cfg.sampling.solver,
                         generator=g, device=self.device, progress=progress)

@@ -17,14 +17,15 @@ __all__ = ["load_module", "text_to_image"]
 def text_to_image(base, captions: list[str], *, upsampler=None, plan: str = "cascade", aspect: str = "1:1",
                   seed: int = 0, steps: int | None = None, upsampler_steps: int | None = None,
                   solver: str | None = None, guidance: float | None = None, upsampler_guidance: float | None = None,
-                  pitch=None, dof=None, media_type=None, progress=None) -> torch.Tensor:
+                  autoguidance: float | None = None, pitch=None, dof=None, media_type=None, progress=None) -> torch.Tensor:
     """Generate images for ``captions`` (one per caption).
 
     base / upsampler: modules with the LaplacianDiffusionMixin (BaseModel / Upsampler), on one device.
+    guidance / autoguidance: the base's classifier-free guidance scale and autoguidance weight (None: its config's).
     Returns (N, 3, H, W) float in [-1, 1] at the upsampler's resolution when given, else the base's.
     """
     labels = dict(pitch=pitch, dof=dof, media_type=media_type)
-    stages = [base.stage(captions, steps=steps, guidance=guidance, **labels)]
+    stages = [base.stage(captions, steps=steps, guidance=guidance, autoguidance=autoguidance, **labels)]
     if upsampler is not None:
         f = upsampler.hparams.factor
         h, w = base.image_shape(aspect)
